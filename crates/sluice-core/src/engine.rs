@@ -1,0 +1,959 @@
+//! The engine: policy + store + clock + bans → decisions.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::bans::{Ban, BanSource, Bans};
+use crate::gcra::{Gcra, Verdict};
+use crate::memory::MemoryStore;
+use crate::policy::{Effect, LimitKind, Matcher, Per, Policy, Scope, Side};
+use crate::rate::Rate;
+use crate::store::{Batch, Bucket, LeaseId, Outcome, Slot, Store, StoreError};
+use crate::target::{Target, TargetKind};
+use crate::time::{nanos, Clock, CoarseClock, Nanos};
+
+/// The targets a request carries. Any may be absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Targets {
+    /// The client's address (grouped to the policy's prefix when planned).
+    pub ip: Option<IpAddr>,
+    /// The account (`Target::User`).
+    pub user: Option<Target>,
+    /// The remote or destination server (`Target::Server`).
+    pub server: Option<Target>,
+    /// The application service (`Target::Appservice`).
+    pub appservice: Option<Target>,
+}
+
+/// A question for the engine: may these targets do this action?
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// Client or federation.
+    pub side: Side,
+    /// The action (built in or declared in the policy).
+    pub action: &'a str,
+    /// Who is asking.
+    pub targets: Targets,
+    /// Units to take (1 for events, bytes for byte limits).
+    pub cost: u64,
+}
+
+impl<'a> Request<'a> {
+    /// A client-side request of cost 1 with no targets yet.
+    pub fn client(action: &'a str) -> Self {
+        Self {
+            side: Side::Client,
+            action,
+            targets: Targets::default(),
+            cost: 1,
+        }
+    }
+
+    /// A federation-side request of cost 1 with no targets yet.
+    pub fn federation(action: &'a str) -> Self {
+        Self {
+            side: Side::Federation,
+            ..Self::client(action)
+        }
+    }
+
+    /// With the client address.
+    pub fn ip(mut self, ip: IpAddr) -> Self {
+        self.targets.ip = Some(ip);
+        self
+    }
+
+    /// With a user (`@a:example.org` or `a@example.org`).
+    pub fn user(mut self, user: Target) -> Self {
+        self.targets.user = Some(user);
+        self
+    }
+
+    /// With a server.
+    pub fn server(mut self, server: Target) -> Self {
+        self.targets.server = Some(server);
+        self
+    }
+
+    /// With an appservice.
+    pub fn appservice(mut self, a: Target) -> Self {
+        self.targets.appservice = Some(a);
+        self
+    }
+
+    /// With a cost.
+    pub fn cost(mut self, cost: u64) -> Self {
+        self.cost = cost;
+        self
+    }
+}
+
+/// How one limit came out of a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitOutcome {
+    /// This limit allowed it.
+    Allowed,
+    /// This limit denied it.
+    Denied,
+    /// This limit would have denied it, but is in shadow mode.
+    ShadowDenied,
+}
+
+impl LimitOutcome {
+    /// `allowed`, `denied` or `shadow_denied` (metric labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitOutcome::Allowed => "allowed",
+            LimitOutcome::Denied => "denied",
+            LimitOutcome::ShadowDenied => "shadow_denied",
+        }
+    }
+}
+
+/// One limit's state after a decision: enough for `RateLimit` headers and
+/// Matrix's `retry_after_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitReport {
+    /// The limit's name.
+    pub name: Arc<str>,
+    /// The target it counted.
+    pub target: Target,
+    /// Bucket size (rates) or the cap (concurrency).
+    pub limit: u64,
+    /// The rate's period (`None` for concurrency caps).
+    pub window: Option<Duration>,
+    /// Units still available now.
+    pub remaining: u64,
+    /// Time until the bucket is full again (zero for concurrency).
+    pub reset: Duration,
+    /// How this limit judged the request.
+    pub outcome: LimitOutcome,
+    /// Whether the limit is in shadow mode.
+    pub shadow: bool,
+}
+
+/// Why a decision came out as it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// Every limit allowed (or none applied).
+    Allowed,
+    /// A target is exempt: nothing was checked or consumed.
+    Exempt(Target),
+    /// A target is banned.
+    Banned(Ban),
+    /// A target is on the configured blocklist.
+    Blocked(Target),
+    /// A limit denied it (the one with the longest wait).
+    Limited(Arc<str>),
+    /// The cost exceeds a limit's bucket size: it can never pass as is.
+    TooLarge(Arc<str>),
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Allowed or not.
+    pub allowed: bool,
+    /// How long to wait before the same request can pass: zero when
+    /// allowed, `Duration::MAX` when it never can (too large, permanent ban).
+    pub retry_after: Duration,
+    /// Why.
+    pub reason: Reason,
+    /// Every limit that applied.
+    pub limits: Vec<LimitReport>,
+    /// The lease taken, for acquire requests that were allowed.
+    pub lease: Option<Lease>,
+    /// A ban this decision triggered (automatic bans).
+    pub banned: Option<Ban>,
+}
+
+impl Decision {
+    fn early(allowed: bool, retry_after: Duration, reason: Reason) -> Self {
+        Self {
+            allowed,
+            retry_after,
+            reason,
+            limits: Vec::new(),
+            lease: None,
+            banned: None,
+        }
+    }
+
+    /// Names of limits that denied (enforced) or would have (shadow).
+    pub fn fired(&self) -> impl Iterator<Item = &LimitReport> {
+        self.limits.iter().filter(|l| l.outcome != LimitOutcome::Allowed)
+    }
+}
+
+/// A concurrency lease held by a caller across the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The lease's identity.
+    pub id: LeaseId,
+    /// When it lapses if not released (`Nanos::MAX`: never).
+    pub expires: Nanos,
+}
+
+impl Lease {
+    /// The opaque token handed to callers (32 hex digits).
+    pub fn token(&self) -> String {
+        format!("{:032x}", self.id)
+    }
+
+    /// Parses a token back into a lease id.
+    pub fn parse_token(s: &str) -> Option<LeaseId> {
+        (s.len() == 32)
+            .then(|| u128::from_str_radix(s, 16).ok())
+            .flatten()
+    }
+}
+
+/// What went wrong (never the caller's input alone: unknown actions aside).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The action is not known on that side.
+    #[error("unknown {side} action {action:?}")]
+    UnknownAction {
+        /// Side asked.
+        side: Side,
+        /// Action asked.
+        action: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a decision should do besides checking rates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Check and consume rate limits.
+    Check,
+    /// Evaluate without consuming anything.
+    DryRun,
+    /// Check rates and take a concurrency lease that lapses after `ttl`
+    /// (`None`: held until released).
+    Acquire {
+        /// Lease lifetime.
+        ttl: Option<Duration>,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    Bucket(usize),
+    Slot(usize),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    limit: usize,
+    place: Place,
+    window: Option<Duration>,
+}
+
+/// A decision in the making: what to ask the store. See [`Engine::plan`].
+#[derive(Debug)]
+pub struct Plan {
+    compiled: Arc<Compiled>,
+    side: Side,
+    targets: Vec<Target>,
+    batch: Batch,
+    entries: Vec<Entry>,
+    early: Option<Decision>,
+    now: Nanos,
+}
+
+impl Plan {
+    /// The store request; empty when the decision needs no store (exempt,
+    /// banned, or no limit applies).
+    pub fn batch(&self) -> &Batch {
+        &self.batch
+    }
+
+    /// Whether the store must be asked.
+    pub fn needs_store(&self) -> bool {
+        self.early.is_none() && !(self.batch.buckets.is_empty() && self.batch.slots.is_empty())
+    }
+
+    /// The time the plan was made at (the store decides at this instant).
+    pub fn now(&self) -> Nanos {
+        self.now
+    }
+
+    /// The normalised targets of the request.
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// The limits that apply, with the targets and effective limits
+    /// (after overrides): `(name, target, kind, shadow)`.
+    pub fn applied(&self) -> Vec<(Arc<str>, Target, LimitKind, bool)> {
+        self.entries
+            .iter()
+            .map(|e| {
+                let l = &self.compiled.policy.limits()[e.limit];
+                match e.place {
+                    Place::Bucket(i) => {
+                        let b = &self.batch.buckets[i];
+                        let rate = match l.kind {
+                            LimitKind::Rate(r) => r,
+                            LimitKind::Concurrency(_) => unreachable_rate(),
+                        };
+                        let effective = Rate::with_unit(
+                            (u128::from(rate.period_nanos()) / u128::from(b.gcra.emission())).max(1) as u64,
+                            rate.period(),
+                            rate.unit(),
+                        )
+                        .and_then(|r| r.with_burst(b.gcra.burst()))
+                        .unwrap_or(rate);
+                        (
+                            l.name.clone(),
+                            b.target.clone(),
+                            LimitKind::Rate(effective),
+                            b.shadow,
+                        )
+                    }
+                    Place::Slot(i) => {
+                        let s = &self.batch.slots[i];
+                        (
+                            l.name.clone(),
+                            s.target.clone(),
+                            LimitKind::Concurrency(s.max),
+                            s.shadow,
+                        )
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// The decision already known without the store (exempt, banned, blocked).
+    pub fn early(&self) -> Option<&Decision> {
+        self.early.as_ref()
+    }
+}
+
+fn unreachable_rate() -> Rate {
+    // Buckets are only planned for rate limits; this keeps `applied` total.
+    Rate::new(1, Duration::from_secs(1)).unwrap_or_else(|_| unreachable!("1/1s is valid"))
+}
+
+/// A policy with the engine's per-limit key seeds.
+#[derive(Debug)]
+struct Compiled {
+    policy: Policy,
+    name_hashes: Vec<u64>,
+}
+
+struct Inner {
+    compiled: ArcSwap<Compiled>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    hasher: foldhash::quality::RandomState,
+    bans: Bans,
+    autoban: Mutex<AutobanState>,
+    lease_seq: AtomicU64,
+}
+
+#[derive(Default)]
+struct AutobanState {
+    /// Denial counters: GCRA TAT per (action, target).
+    counters: HashMap<(Arc<str>, Target), Nanos>,
+    /// Repeat offenders: (bans so far, end of the last ban).
+    offenses: HashMap<Target, (u32, Nanos)>,
+}
+
+const AUTOBAN_MAX_ENTRIES: usize = 100_000;
+
+/// The rate-limiting engine. Cheap to clone; clones share everything.
+///
+/// See the crate docs for an example.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+#[inline]
+fn mix(a: u64, b: u64) -> u64 {
+    // murmur3's fmix64 over two keyed hashes: both inputs are secret-seeded,
+    // so the result is as unpredictable as they are.
+    let mut h = a ^ b.rotate_left(29).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    h ^= h >> 33;
+    if h == 0 {
+        1
+    } else {
+        h
+    }
+}
+
+impl Engine {
+    /// An engine over any store and clock.
+    pub fn new(policy: Policy, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        let hasher = foldhash::quality::RandomState::default();
+        let compiled = Self::compile(&hasher, policy);
+        Self {
+            inner: Arc::new(Inner {
+                compiled: ArcSwap::from_pointee(compiled),
+                store,
+                clock,
+                hasher,
+                bans: Bans::new(),
+                autoban: Mutex::new(AutobanState::default()),
+                lease_seq: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The embedded default: a bounded memory store and a coarse clock.
+    pub fn in_memory(policy: Policy, max_keys: usize) -> Self {
+        Self::new(
+            policy,
+            Arc::new(MemoryStore::new(max_keys)),
+            Arc::new(CoarseClock::new()),
+        )
+    }
+
+    fn compile(hasher: &foldhash::quality::RandomState, policy: Policy) -> Compiled {
+        let name_hashes = policy
+            .limits()
+            .iter()
+            .map(|l| Policy::name_hash(hasher, &l.name))
+            .collect();
+        Compiled { policy, name_hashes }
+    }
+
+    /// Replaces the policy. Counters (keyed by limit name) and bans are kept.
+    pub fn reload(&self, policy: Policy) {
+        let compiled = Self::compile(&self.inner.hasher, policy);
+        self.inner.compiled.store(Arc::new(compiled));
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Policy {
+        self.inner.compiled.load().policy.clone()
+    }
+
+    /// The engine's clock reading.
+    pub fn now(&self) -> Nanos {
+        self.inner.clock.now()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The ban list.
+    pub fn bans(&self) -> &Bans {
+        &self.inner.bans
+    }
+
+    /// Bans `target` for `duration` (`None`: until lifted).
+    pub fn ban(&self, target: Target, duration: Option<Duration>, reason: &str) -> Ban {
+        let now = self.now();
+        let ban = Ban {
+            target,
+            reason: reason.into(),
+            created: now,
+            expires: duration.map(|d| now.saturating_add(nanos(d))),
+            source: BanSource::Manual,
+        };
+        self.inner.bans.insert(ban.clone());
+        ban
+    }
+
+    /// Lifts a ban on exactly `target`.
+    pub fn unban(&self, target: &Target) -> Option<Ban> {
+        self.inner.bans.remove(target)
+    }
+
+    #[inline]
+    fn target_hash(&self, t: &Target) -> u64 {
+        use std::hash::Hasher;
+        let mut h = self.inner.hasher.build_hasher();
+        t.hash_into(&mut h);
+        h.finish()
+    }
+
+    /// Plans a decision: resolves targets, exemptions, bans and the limits
+    /// that apply, without touching the store.
+    pub fn plan(&self, req: &Request<'_>, mode: Mode) -> Result<Plan, EngineError> {
+        let compiled = self.inner.compiled.load_full();
+        let policy = &compiled.policy;
+        let Some(_default_per) = policy.action(req.side, req.action) else {
+            return Err(EngineError::UnknownAction {
+                side: req.side,
+                action: req.action.to_owned(),
+            });
+        };
+        let now = self.now();
+        let norm = policy.normalizer();
+        let mut targets: Vec<Target> = Vec::with_capacity(4);
+        if let Some(ip) = req.targets.ip {
+            targets.push(norm.ip_target(ip));
+        }
+        targets.extend(
+            [&req.targets.user, &req.targets.server, &req.targets.appservice]
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+        let mut plan = Plan {
+            side: req.side,
+            targets,
+            batch: Batch {
+                dry_run: mode == Mode::DryRun,
+                ..Batch::default()
+            },
+            entries: Vec::new(),
+            early: None,
+            now,
+            compiled: compiled.clone(),
+        };
+        if let Some(t) = plan.targets.iter().find(|t| policy.is_exempt(t)) {
+            plan.early = Some(Decision::early(true, Duration::ZERO, Reason::Exempt(t.clone())));
+            return Ok(plan);
+        }
+        if let Some(t) = plan.targets.iter().find(|t| policy.blocked(t).is_some()) {
+            plan.early = Some(Decision::early(false, Duration::MAX, Reason::Blocked(t.clone())));
+            return Ok(plan);
+        }
+        if let Some(ban) = plan.targets.iter().find_map(|t| self.inner.bans.find(t, now)) {
+            let wait = ban
+                .expires
+                .map_or(Duration::MAX, |e| Duration::from_nanos(e - now));
+            plan.early = Some(Decision::early(false, wait, Reason::Banned(ban)));
+            return Ok(plan);
+        }
+        let anonymous = req.targets.user.is_none() && req.targets.appservice.is_none();
+        let mut hashes: [Option<u64>; 5] = [None; 5];
+        for &i in policy.limit_indexes(req.side, req.action) {
+            let limit = &policy.limits()[i];
+            let target = match limit.scope {
+                Scope::Global => Some(Target::Global),
+                Scope::Target(Per::Kind(k)) => plan.targets.iter().find(|t| t.kind() == k).cloned(),
+                Scope::Target(Per::AnonymousIp) if anonymous => {
+                    plan.targets.iter().find(|t| t.kind() == TargetKind::Ip).cloned()
+                }
+                Scope::Target(Per::AnonymousIp) => None,
+            };
+            let Some(target) = target else { continue };
+            let effect = match limit.scope {
+                Scope::Global => None,
+                Scope::Target(_) => policy.override_for(&target, req.action).map(|o| o.effect),
+            };
+            if effect == Some(Effect::Unlimited) {
+                continue;
+            }
+            let kind_ix = target.kind() as usize;
+            let th = *hashes[kind_ix].get_or_insert_with(|| self.target_hash(&target));
+            let key = mix(compiled.name_hashes[i], th);
+            match (limit.kind, mode) {
+                (LimitKind::Rate(rate), _) => {
+                    let rate = match effect {
+                        Some(Effect::Multiply(f)) => rate.scaled(f),
+                        Some(Effect::Replace(r)) => r,
+                        _ => rate,
+                    };
+                    plan.entries.push(Entry {
+                        limit: i,
+                        place: Place::Bucket(plan.batch.buckets.len()),
+                        window: Some(rate.period()),
+                    });
+                    plan.batch.buckets.push(Bucket {
+                        key,
+                        limit: limit.name.clone(),
+                        target,
+                        gcra: rate.gcra(),
+                        cost: if matches!(mode, Mode::Acquire { .. }) {
+                            1
+                        } else {
+                            req.cost
+                        },
+                        shadow: limit.shadow,
+                    });
+                }
+                (LimitKind::Concurrency(max), Mode::Acquire { .. }) => {
+                    let max = match effect {
+                        Some(Effect::Multiply(f)) => {
+                            let v = (f64::from(max) * f).round();
+                            if v.is_finite() {
+                                v.clamp(1.0, f64::from(u32::MAX)) as u32
+                            } else {
+                                max
+                            }
+                        }
+                        _ => max,
+                    };
+                    plan.entries.push(Entry {
+                        limit: i,
+                        place: Place::Slot(plan.batch.slots.len()),
+                        window: None,
+                    });
+                    plan.batch.slots.push(Slot {
+                        key,
+                        limit: limit.name.clone(),
+                        target,
+                        max,
+                        shadow: limit.shadow,
+                    });
+                }
+                (LimitKind::Concurrency(_), _) => {}
+            }
+        }
+        if let Mode::Acquire { ttl } = mode {
+            let seq = self.inner.lease_seq.fetch_add(1, Ordering::Relaxed);
+            let tag = self.inner.hasher.hash_one((seq, now));
+            let id = (u128::from(seq) << 64) | u128::from(tag);
+            let expires = ttl.map_or(Nanos::MAX, |t| now.saturating_add(nanos(t)));
+            plan.batch.lease = Some((id, expires));
+        }
+        Ok(plan)
+    }
+
+    /// Turns the store's answer into a decision, and applies automatic bans.
+    pub fn finish(&self, plan: Plan, outcome: Outcome) -> Decision {
+        if let Some(d) = plan.early {
+            return d;
+        }
+        let policy = &plan.compiled.policy;
+        let now = plan.now;
+        let mut limits = Vec::with_capacity(plan.entries.len());
+        let mut allowed = true;
+        let mut worst: Option<(Duration, Arc<str>, bool)> = None;
+        for e in &plan.entries {
+            let l = &policy.limits()[e.limit];
+            let (ok, retry, report) = match e.place {
+                Place::Bucket(i) => {
+                    let b = &plan.batch.buckets[i];
+                    let r = outcome.buckets.get(i).copied();
+                    let ok = r.is_none_or(|r| r.allowed);
+                    let snap = r.map(|r| r.snapshot).unwrap_or_else(|| b.gcra.snapshot(0, now));
+                    let retry = match r.and_then(|r| r.retry_after) {
+                        Some(n) => Duration::from_nanos(n),
+                        None => Duration::MAX,
+                    };
+                    let report = LimitReport {
+                        name: l.name.clone(),
+                        target: b.target.clone(),
+                        limit: b.gcra.burst(),
+                        window: e.window,
+                        remaining: snap.remaining,
+                        reset: Duration::from_nanos(snap.reset),
+                        outcome: LimitOutcome::Allowed,
+                        shadow: b.shadow,
+                    };
+                    (ok, retry, report)
+                }
+                Place::Slot(i) => {
+                    let s = &plan.batch.slots[i];
+                    let r = outcome.slots.get(i).copied();
+                    let ok = r.is_none_or(|r| r.allowed);
+                    let held = r.map_or(0, |r| r.held);
+                    let report = LimitReport {
+                        name: l.name.clone(),
+                        target: s.target.clone(),
+                        limit: u64::from(s.max),
+                        window: None,
+                        remaining: u64::from(s.max.saturating_sub(held)),
+                        reset: Duration::ZERO,
+                        outcome: LimitOutcome::Allowed,
+                        shadow: s.shadow,
+                    };
+                    // A full slot frees when someone releases: no time to promise.
+                    (ok, Duration::ZERO, report)
+                }
+            };
+            let mut report = report;
+            if !ok {
+                if report.shadow {
+                    report.outcome = LimitOutcome::ShadowDenied;
+                } else {
+                    report.outcome = LimitOutcome::Denied;
+                    allowed = false;
+                    let impossible = retry == Duration::MAX;
+                    if worst.as_ref().is_none_or(|(w, _, _)| retry > *w) {
+                        worst = Some((retry, l.name.clone(), impossible));
+                    }
+                }
+            }
+            limits.push(report);
+        }
+        if plan.batch.dry_run {
+            // A dry run's store answer is per bucket; nothing was committed.
+        } else if allowed && !outcome.committed && (plan.needs_store()) {
+            // The store refused as a whole (e.g. a race undone): treat as denied.
+            allowed = false;
+        }
+        let (retry_after, reason) = match worst {
+            None if allowed => (Duration::ZERO, Reason::Allowed),
+            None => (Duration::ZERO, Reason::Allowed),
+            Some((retry, name, true)) => (retry, Reason::TooLarge(name)),
+            Some((retry, name, false)) => (retry, Reason::Limited(name)),
+        };
+        let lease = match plan.batch.lease {
+            Some((id, expires)) if allowed && outcome.committed => Some(Lease { id, expires }),
+            _ => None,
+        };
+        let banned = match plan.entries.first() {
+            Some(e) if !allowed && !plan.batch.dry_run => {
+                let action = &policy.limits()[e.limit].action;
+                self.autoban(policy, plan.side, action, &plan.targets, now)
+            }
+            _ => None,
+        };
+        Decision {
+            allowed,
+            retry_after,
+            reason,
+            limits,
+            lease,
+            banned,
+        }
+    }
+
+    fn autoban(
+        &self,
+        policy: &Policy,
+        side: Side,
+        action: &Arc<str>,
+        targets: &[Target],
+        now: Nanos,
+    ) -> Option<Ban> {
+        let rules = policy.autobans();
+        if rules.is_empty() {
+            return None;
+        }
+        let mut st = self.inner.autoban.lock().unwrap_or_else(|p| p.into_inner());
+        let mut placed = None;
+        for rule in rules {
+            if rule.action != *action || rule.side.is_some_and(|s| s != side) {
+                continue;
+            }
+            let Some(target) = targets.iter().find(|t| t.kind() == rule.per) else {
+                continue;
+            };
+            let denials = u64::from(rule.denials.max(1));
+            let g = Gcra::new((nanos(rule.window) / denials).max(1), denials);
+            if st.counters.len() >= AUTOBAN_MAX_ENTRIES {
+                st.counters.retain(|_, tat| *tat > now);
+            }
+            if st.counters.len() >= AUTOBAN_MAX_ENTRIES {
+                // Still full of live counters: refuse to grow; count nothing new.
+                continue;
+            }
+            let key = (action.clone(), target.clone());
+            let tat = st.counters.get(&key).copied().unwrap_or(0);
+            let trip = match g.check(tat, now, 1) {
+                Verdict::Allow { new_tat } => {
+                    st.counters.insert(key.clone(), new_tat);
+                    g.snapshot(new_tat, now).remaining == 0
+                }
+                Verdict::Deny { .. } | Verdict::Impossible => true,
+            };
+            if !trip {
+                continue;
+            }
+            st.counters.remove(&key);
+            if st.offenses.len() >= AUTOBAN_MAX_ENTRIES {
+                st.offenses
+                    .retain(|_, (_, end)| end.saturating_add(nanos(rule.forget_after)) > now);
+            }
+            let (level, last_end) = st.offenses.get(target).copied().unwrap_or((0, 0));
+            let level = if last_end.saturating_add(nanos(rule.forget_after)) <= now {
+                0
+            } else {
+                level
+            };
+            let factor = 1u32.checked_shl(level.min(31)).unwrap_or(u32::MAX);
+            let dur = rule.ban.saturating_mul(factor).min(rule.max_ban.max(rule.ban));
+            let expires = now.saturating_add(nanos(dur));
+            st.offenses.insert(target.clone(), (level + 1, expires));
+            let ban = Ban {
+                target: target.clone(),
+                reason: format!(
+                    "automatic: {} denials of {side}.{action} within {}",
+                    rule.denials,
+                    crate::rate::format_duration(rule.window)
+                )
+                .into(),
+                created: now,
+                expires: Some(expires),
+                source: BanSource::Auto,
+            };
+            self.inner.bans.insert(ban.clone());
+            placed = Some(ban);
+        }
+        placed
+    }
+
+    /// Plans, asks the store and finishes: one decision.
+    pub fn decide(&self, req: &Request<'_>, mode: Mode) -> Result<Decision, EngineError> {
+        let plan = self.plan(req, mode)?;
+        let outcome = if plan.needs_store() {
+            self.inner.store.decide(plan.batch(), plan.now())?
+        } else {
+            Outcome::default()
+        };
+        Ok(self.finish(plan, outcome))
+    }
+
+    /// Checks and consumes.
+    pub fn check(&self, req: &Request<'_>) -> Result<Decision, EngineError> {
+        self.decide(req, Mode::Check)
+    }
+
+    /// Evaluates without consuming.
+    pub fn dry_run(&self, req: &Request<'_>) -> Result<Decision, EngineError> {
+        self.decide(req, Mode::DryRun)
+    }
+
+    /// Takes a concurrency lease (and checks the action's rates). The lease
+    /// lapses after `ttl` unless released first.
+    pub fn acquire(&self, req: &Request<'_>, ttl: Duration) -> Result<Decision, EngineError> {
+        self.decide(req, Mode::Acquire { ttl: Some(ttl) })
+    }
+
+    /// Takes a concurrency slot for as long as the returned guard lives:
+    /// for callers in the same process (a gateway's connection, say).
+    pub fn acquire_guard(&self, req: &Request<'_>) -> Result<Result<Guard, Decision>, EngineError> {
+        let d = self.decide(req, Mode::Acquire { ttl: None })?;
+        Ok(match (d.allowed, d.lease) {
+            (true, Some(lease)) => Ok(Guard {
+                engine: self.clone(),
+                lease: lease.id,
+                decision: d,
+            }),
+            (true, None) => Ok(Guard {
+                engine: self.clone(),
+                lease: 0,
+                decision: d,
+            }),
+            (false, _) => Err(d),
+        })
+    }
+
+    /// Releases a lease; `false` if unknown or already expired.
+    pub fn release(&self, lease: LeaseId) -> Result<bool, EngineError> {
+        Ok(self.inner.store.release(lease, self.now())?)
+    }
+
+    /// The state of every limit counting `target`, without consuming: for
+    /// operators' `inspect`.
+    pub fn inspect(&self, target: &Target) -> Result<Vec<LimitReport>, EngineError> {
+        let compiled = self.inner.compiled.load_full();
+        let now = self.now();
+        let th = self.target_hash(target);
+        let mut out = Vec::new();
+        for (i, l) in compiled.policy.limits().iter().enumerate() {
+            let applies = match l.scope {
+                Scope::Global => *target == Target::Global,
+                Scope::Target(Per::Kind(k)) => target.kind() == k,
+                Scope::Target(Per::AnonymousIp) => target.kind() == TargetKind::Ip,
+            };
+            if !applies {
+                continue;
+            }
+            let key = mix(compiled.name_hashes[i], th);
+            match l.kind {
+                LimitKind::Rate(rate) => {
+                    let b = Bucket {
+                        key,
+                        limit: l.name.clone(),
+                        target: target.clone(),
+                        gcra: rate.gcra(),
+                        cost: 1,
+                        shadow: l.shadow,
+                    };
+                    let tat = self.inner.store.peek(&b, now)?;
+                    let snap = b.gcra.snapshot(tat, now);
+                    out.push(LimitReport {
+                        name: l.name.clone(),
+                        target: target.clone(),
+                        limit: rate.burst(),
+                        window: Some(rate.period()),
+                        remaining: snap.remaining,
+                        reset: Duration::from_nanos(snap.reset),
+                        outcome: if snap.remaining == 0 {
+                            LimitOutcome::Denied
+                        } else {
+                            LimitOutcome::Allowed
+                        },
+                        shadow: l.shadow,
+                    });
+                }
+                LimitKind::Concurrency(max) => {
+                    let s = Slot {
+                        key,
+                        limit: l.name.clone(),
+                        target: target.clone(),
+                        max,
+                        shadow: l.shadow,
+                    };
+                    let held = self.inner.store.held(&s, now)?;
+                    out.push(LimitReport {
+                        name: l.name.clone(),
+                        target: target.clone(),
+                        limit: u64::from(max),
+                        window: None,
+                        remaining: u64::from(max.saturating_sub(held)),
+                        reset: Duration::ZERO,
+                        outcome: if held >= max {
+                            LimitOutcome::Denied
+                        } else {
+                            LimitOutcome::Allowed
+                        },
+                        shadow: l.shadow,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a target matches a blocklist entry of the policy in force.
+    pub fn blocked(&self, target: &Target) -> Option<Matcher> {
+        self.inner.compiled.load().policy.blocked(target).cloned()
+    }
+}
+
+/// An in-process concurrency slot, released when dropped.
+#[derive(Debug)]
+pub struct Guard {
+    engine: Engine,
+    lease: LeaseId,
+    decision: Decision,
+}
+
+impl Guard {
+    /// The decision that granted this guard.
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.lease != 0 {
+            // A memory store never fails; a remote store's lease lapses on its own.
+            let _ = self.engine.release(self.lease);
+        }
+    }
+}

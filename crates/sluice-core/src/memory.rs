@@ -1,0 +1,666 @@
+//! The bounded in-memory store.
+//!
+//! # Layout
+//!
+//! A pre-sized table of 64-byte lines, each holding four cells of
+//! `(key: AtomicU64, tat: AtomicU64)`. A key is a 64-bit hash from a randomly
+//! seeded hasher, so nobody can aim a flood at one line, and it may live in one
+//! of two lines ("two choices"), which keeps the table usable up to ~90% full
+//! without chains or resizing. 16 bytes per cell, no allocation per key, no
+//! lock on the decision path: a check is one or two cache-line reads and one
+//! compare-and-swap per bucket.
+//!
+//! # Bounded memory and eviction
+//!
+//! The table never grows: it has `max_keys` cells (rounded up to a multiple
+//! of four). A cell whose TAT is in the past carries no information (an idle
+//! GCRA bucket is the same as no bucket), so it is reused freely. When both
+//! candidate lines are full of live keys, the key that carries the least
+//! information — the smallest TAT, the soonest to be idle — is evicted, and
+//! its TAT is folded into a fixed-size *max-sketch* (a count-min sketch that
+//! keeps maxima instead of sums). A key that is not in the table starts from
+//! the sketch's estimate, which can only over-estimate its real TAT. So cache
+//! pressure makes limits stricter, never looser: an evicted abuser comes back
+//! to at least the debt it left with, never to a fresh burst.
+//!
+//! # Concurrency
+//!
+//! Each bucket is updated with a CAS loop on its TAT. A decision with several
+//! buckets commits them in order and, if a later one denies, undoes the
+//! earlier ones (subtracting exactly what it added — GCRA consumption is
+//! additive, and a TAT restored to at most `now` is the same as idle). A
+//! concurrent request may see the transient consumption and be denied when a
+//! sequential order would have allowed it: stricter, never looser. Two
+//! threads touching the same brand-new key at the same instant may both claim
+//! a cell; the second cell goes idle unused, and at most that one racing
+//! request is not counted.
+//!
+//! Concurrency slots and leases sit behind one mutex: they are rarer than
+//! rate checks, need all-or-nothing across several counters, and must expire.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::gcra::{Gcra, Verdict};
+use crate::store::{Batch, Bucket, BucketResult, LeaseId, Outcome, Slot, SlotResult, Store, StoreError};
+use crate::time::Nanos;
+
+const WAYS: usize = 4;
+
+#[derive(Default)]
+struct Cell {
+    key: AtomicU64,
+    tat: AtomicU64,
+}
+
+#[derive(Default)]
+#[repr(align(64))]
+struct Line {
+    cells: [Cell; WAYS],
+}
+
+/// A fixed-size max-sketch of evicted TATs: `fold` keeps the maximum per
+/// cell, `estimate` takes the minimum over rows, so the estimate is never
+/// below the real TAT of any key folded into it.
+struct Sketch {
+    rows: [Box<[AtomicU64]>; 4],
+    shift: u32,
+    /// The largest TAT ever folded: once `now` passes it, every cell is idle
+    /// and lookups skip the sketch entirely.
+    max_folded: AtomicU64,
+}
+
+const SKETCH_MULT: [u64; 4] = [
+    0x9E37_79B9_7F4A_7C15,
+    0xC2B2_AE3D_27D4_EB4F,
+    0x1656_67B1_9E37_79F9,
+    0xD6E8_FEB8_6659_FD93,
+];
+
+impl Sketch {
+    fn new(width_log2: u32) -> Self {
+        let width = 1usize << width_log2;
+        let row = || (0..width).map(|_| AtomicU64::new(0)).collect::<Box<[_]>>();
+        Self {
+            rows: [row(), row(), row(), row()],
+            shift: 64 - width_log2,
+            max_folded: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    fn index(&self, key: u64, row: usize) -> usize {
+        // `key` is already a keyed hash; multiplying by distinct odd constants
+        // and taking the top bits gives each row its own independent index.
+        (key.wrapping_mul(SKETCH_MULT[row]) >> self.shift) as usize
+    }
+
+    fn fold(&self, key: u64, tat: Nanos) {
+        for (r, row) in self.rows.iter().enumerate() {
+            row[self.index(key, r)].fetch_max(tat, Ordering::Relaxed);
+        }
+        self.max_folded.fetch_max(tat, Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn estimate(&self, key: u64, now: Nanos) -> Nanos {
+        if self.max_folded.load(Ordering::Relaxed) <= now {
+            return 0;
+        }
+        let mut est = u64::MAX;
+        for (r, row) in self.rows.iter().enumerate() {
+            est = est.min(row[self.index(key, r)].load(Ordering::Relaxed));
+        }
+        if est <= now {
+            0
+        } else {
+            est
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.rows.iter().map(|r| r.len() * 8).sum()
+    }
+}
+
+#[derive(Default)]
+struct Leases {
+    counts: HashMap<u64, u32>,
+    leases: HashMap<LeaseId, (Vec<u64>, Nanos)>,
+    expiry: BinaryHeap<Reverse<(Nanos, LeaseId)>>,
+}
+
+impl Leases {
+    fn expire(&mut self, now: Nanos) {
+        while let Some(Reverse((at, id))) = self.expiry.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.expiry.pop();
+            if self.leases.get(&id).is_some_and(|(_, exp)| *exp == at) {
+                self.drop_lease(id);
+            }
+        }
+    }
+
+    fn drop_lease(&mut self, id: LeaseId) -> bool {
+        let Some((keys, _)) = self.leases.remove(&id) else {
+            return false;
+        };
+        for k in keys {
+            if let Some(c) = self.counts.get_mut(&k) {
+                *c = c.saturating_sub(1);
+                if *c == 0 {
+                    self.counts.remove(&k);
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Counters for observing the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Cells in the table (the hard cap on tracked keys).
+    pub capacity: u64,
+    /// Live keys evicted into the sketch so far.
+    pub evictions: u64,
+    /// Bytes of the table plus the sketch (fixed at creation).
+    pub bytes: u64,
+}
+
+/// The bounded, lock-free in-memory [`Store`]. See the module docs.
+pub struct MemoryStore {
+    lines: Box<[Line]>,
+    sketch: Sketch,
+    leases: Mutex<Leases>,
+    max_leases: usize,
+    evictions: AtomicU64,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("capacity", &(self.lines.len() * WAYS))
+            .finish_non_exhaustive()
+    }
+}
+
+struct Applied {
+    result: BucketResult,
+    /// Where it was committed and what was added, for undo.
+    commit: Option<(usize, usize, u64)>,
+}
+
+impl MemoryStore {
+    /// A store tracking at most `max_keys` rate keys (rounded up to a multiple
+    /// of 4, at least 64) and at most `max_keys` leases.
+    pub fn new(max_keys: usize) -> Self {
+        let nlines = max_keys.max(64).div_ceil(WAYS);
+        // One sketch cell per ~4 table cells per row, a power of two, 4 KiB–8 MiB a row.
+        let width_log2 = (nlines.next_power_of_two().trailing_zeros()).clamp(9, 20);
+        Self {
+            lines: (0..nlines).map(|_| Line::default()).collect(),
+            sketch: Sketch::new(width_log2),
+            leases: Mutex::new(Leases::default()),
+            max_leases: max_keys.max(64),
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    /// Capacity, evictions and memory.
+    pub fn stats(&self) -> MemoryStats {
+        MemoryStats {
+            capacity: (self.lines.len() * WAYS) as u64,
+            evictions: self.evictions.load(Ordering::Relaxed),
+            bytes: (self.lines.len() * std::mem::size_of::<Line>() + self.sketch.bytes()) as u64,
+        }
+    }
+
+    #[inline]
+    fn line_indexes(&self, key: u64) -> (usize, usize) {
+        let n = self.lines.len() as u128;
+        // Lemire's multiply-shift range reduction: no modulo, any table size.
+        let a = ((u128::from(key) * n) >> 64) as usize;
+        let b = ((u128::from(key.rotate_left(32) ^ 0x5851_F42D_4C95_7F2D) * n) >> 64) as usize;
+        (a, b)
+    }
+
+    #[inline]
+    fn cell(&self, (line, way): (usize, usize)) -> &Cell {
+        &self.lines[line].cells[way]
+    }
+
+    #[inline]
+    fn find(&self, key: u64) -> Option<(usize, usize)> {
+        let (a, b) = self.line_indexes(key);
+        for line in [a, b] {
+            for (way, c) in self.lines[line].cells.iter().enumerate() {
+                if c.key.load(Ordering::Acquire) == key {
+                    return Some((line, way));
+                }
+            }
+        }
+        None
+    }
+
+    /// The current TAT of a key without claiming a cell.
+    #[inline]
+    fn read(&self, key: u64, now: Nanos) -> Nanos {
+        match self.find(key) {
+            Some(pos) => self.cell(pos).tat.load(Ordering::Acquire),
+            None => self.sketch.estimate(key, now),
+        }
+    }
+
+    /// Finds the key's cell or claims one for it (see module docs on eviction).
+    fn claim(&self, key: u64, now: Nanos) -> (usize, usize) {
+        loop {
+            if let Some(pos) = self.find(key) {
+                return pos;
+            }
+            let (a, b) = self.line_indexes(key);
+            // Rank: empty < idle < live with the smallest TAT.
+            let mut best: Option<((usize, usize), u64, u64, u8)> = None;
+            'scan: for line in [a, b] {
+                for (way, c) in self.lines[line].cells.iter().enumerate() {
+                    let k = c.key.load(Ordering::Acquire);
+                    let t = c.tat.load(Ordering::Acquire);
+                    let rank = if k == 0 {
+                        0
+                    } else if t <= now {
+                        1
+                    } else {
+                        2
+                    };
+                    let better = match best {
+                        None => true,
+                        Some((_, _, bt, br)) => rank < br || (rank == br && rank == 2 && t < bt),
+                    };
+                    if better {
+                        best = Some(((line, way), k, t, rank));
+                        if rank == 0 {
+                            break 'scan;
+                        }
+                    }
+                }
+            }
+            let Some((pos, old_key, _, rank)) = best else {
+                continue;
+            };
+            let cell = self.cell(pos);
+            let init = self.sketch.estimate(key, now);
+            if cell
+                .key
+                .compare_exchange(old_key, key, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                let old_tat = cell.tat.swap(init, Ordering::AcqRel);
+                if rank > 0 && old_tat > now {
+                    self.sketch.fold(old_key, old_tat);
+                    self.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+                return pos;
+            }
+        }
+    }
+
+    /// Checks one bucket and, if `commit`, consumes from it when it allows.
+    fn apply(&self, b: &Bucket, now: Nanos, commit: bool) -> Applied {
+        let g = b.gcra;
+        if !commit {
+            let tat = self.read(b.key, now);
+            return Applied {
+                result: result(g, tat, now, b.cost),
+                commit: None,
+            };
+        }
+        loop {
+            let pos = self.claim(b.key, now);
+            let cell = self.cell(pos);
+            let mut cur = cell.tat.load(Ordering::Acquire);
+            let outcome = loop {
+                match g.check(cur, now, b.cost) {
+                    Verdict::Allow { new_tat } => {
+                        match cell.tat.compare_exchange_weak(
+                            cur,
+                            new_tat,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        ) {
+                            Ok(_) => break Some(new_tat),
+                            Err(actual) => cur = actual,
+                        }
+                    }
+                    Verdict::Deny { .. } | Verdict::Impossible => break None,
+                }
+            };
+            // The cell may have been handed to another key while we worked.
+            if cell.key.load(Ordering::Acquire) != b.key {
+                if outcome.is_some() {
+                    undo(cell, g, b.cost);
+                }
+                continue;
+            }
+            return match outcome {
+                Some(new_tat) => Applied {
+                    result: result_after(g, new_tat, now),
+                    commit: Some((pos.0, pos.1, b.cost)),
+                },
+                None => Applied {
+                    result: result(g, cur, now, b.cost),
+                    commit: None,
+                },
+            };
+        }
+    }
+
+    fn rollback(&self, batch: &Batch, applied: &[Applied]) {
+        for (b, a) in batch.buckets.iter().zip(applied) {
+            if let Some((line, way, cost)) = a.commit {
+                let cell = self.cell((line, way));
+                // Undo only if the cell still holds this key: if it was evicted
+                // meanwhile, the consumption went into the sketch (stricter).
+                if cell.key.load(Ordering::Acquire) == b.key {
+                    undo(cell, b.gcra, cost);
+                }
+            }
+        }
+    }
+
+    fn decide_buckets(&self, batch: &Batch, now: Nanos) -> (Vec<BucketResult>, bool) {
+        let commit = !batch.dry_run;
+        let mut applied: Vec<Applied> = Vec::with_capacity(batch.buckets.len());
+        let mut denied = false;
+        for b in &batch.buckets {
+            if b.shadow {
+                applied.push(Applied {
+                    result: result(b.gcra, self.read(b.key, now), now, b.cost),
+                    commit: None,
+                });
+                continue;
+            }
+            let a = self.apply(b, now, commit && !denied);
+            denied |= !a.result.allowed;
+            applied.push(a);
+        }
+        if denied && commit {
+            self.rollback(batch, &applied);
+            // Report every bucket as it now stands.
+            let results = batch
+                .buckets
+                .iter()
+                .zip(&applied)
+                .map(|(b, a)| {
+                    if a.result.allowed {
+                        result(b.gcra, self.read(b.key, now), now, b.cost)
+                    } else {
+                        a.result
+                    }
+                })
+                .collect();
+            return (results, false);
+        }
+        if commit {
+            for (b, a) in batch.buckets.iter().zip(applied.iter_mut()) {
+                if b.shadow {
+                    *a = self.apply(b, now, true);
+                }
+            }
+        }
+        (applied.into_iter().map(|a| a.result).collect(), !denied && commit)
+    }
+}
+
+fn undo(cell: &Cell, g: Gcra, cost: u64) {
+    let _ = cell
+        .tat
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| Some(g.undo(t, cost)));
+}
+
+#[inline]
+fn result(g: Gcra, tat: Nanos, now: Nanos, cost: u64) -> BucketResult {
+    let snapshot = g.snapshot(tat, now);
+    match g.check(tat, now, cost) {
+        Verdict::Allow { .. } => BucketResult {
+            allowed: true,
+            retry_after: None,
+            snapshot,
+        },
+        Verdict::Deny { retry_after } => BucketResult {
+            allowed: false,
+            retry_after: Some(retry_after),
+            snapshot,
+        },
+        Verdict::Impossible => BucketResult {
+            allowed: false,
+            retry_after: None,
+            snapshot,
+        },
+    }
+}
+
+#[inline]
+fn result_after(g: Gcra, new_tat: Nanos, now: Nanos) -> BucketResult {
+    BucketResult {
+        allowed: true,
+        retry_after: None,
+        snapshot: g.snapshot(new_tat, now),
+    }
+}
+
+impl Store for MemoryStore {
+    fn decide(&self, batch: &Batch, now: Nanos) -> Result<Outcome, StoreError> {
+        if batch.slots.is_empty() && batch.lease.is_none() {
+            let (buckets, committed) = self.decide_buckets(batch, now);
+            return Ok(Outcome {
+                buckets,
+                slots: Vec::new(),
+                committed,
+            });
+        }
+        // Slots and leases: hold the lease lock across the bucket step so the
+        // reservation and the rate check are one all-or-nothing unit.
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        leases.expire(now);
+        let mut slots: Vec<SlotResult> = batch
+            .slots
+            .iter()
+            .map(|s| {
+                let held = leases.counts.get(&s.key).copied().unwrap_or(0);
+                SlotResult {
+                    allowed: held < s.max,
+                    held,
+                }
+            })
+            .collect();
+        let slots_ok = batch.slots.iter().zip(&slots).all(|(s, r)| s.shadow || r.allowed);
+        let lease_room = leases.leases.len() < self.max_leases;
+        if !batch.dry_run && slots_ok && batch.lease.is_some() && !lease_room {
+            return Err(StoreError::LeasesFull(self.max_leases));
+        }
+        let dry = Batch {
+            dry_run: true,
+            ..Batch::default()
+        };
+        let (buckets, committed) = if slots_ok {
+            self.decide_buckets(batch, now)
+        } else {
+            // Denied by a slot: evaluate buckets without consuming.
+            let probe = Batch {
+                buckets: batch.buckets.clone(),
+                ..dry
+            };
+            (self.decide_buckets(&probe, now).0, false)
+        };
+        if committed {
+            let mut keys = Vec::with_capacity(batch.slots.len());
+            for (s, r) in batch.slots.iter().zip(slots.iter_mut()) {
+                if r.allowed {
+                    let c = leases.counts.entry(s.key).or_insert(0);
+                    *c += 1;
+                    r.held = *c;
+                    keys.push(s.key);
+                }
+            }
+            if let Some((id, expires)) = batch.lease {
+                leases.leases.insert(id, (keys, expires));
+                if expires != Nanos::MAX {
+                    leases.expiry.push(Reverse((expires, id)));
+                }
+            }
+        }
+        Ok(Outcome {
+            buckets,
+            slots,
+            committed,
+        })
+    }
+
+    fn release(&self, lease: LeaseId, now: Nanos) -> Result<bool, StoreError> {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        leases.expire(now);
+        Ok(leases.drop_lease(lease))
+    }
+
+    fn peek(&self, bucket: &Bucket, now: Nanos) -> Result<Nanos, StoreError> {
+        Ok(self.read(bucket.key, now))
+    }
+
+    fn held(&self, slot: &Slot, now: Nanos) -> Result<u32, StoreError> {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        leases.expire(now);
+        Ok(leases.counts.get(&slot.key).copied().unwrap_or(0))
+    }
+
+    fn tracked_keys(&self, now: Nanos) -> u64 {
+        self.lines
+            .iter()
+            .flat_map(|l| l.cells.iter())
+            .filter(|c| c.key.load(Ordering::Relaxed) != 0 && c.tat.load(Ordering::Relaxed) > now)
+            .count() as u64
+    }
+
+    fn active_leases(&self, now: Nanos) -> u64 {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        leases.expire(now);
+        leases.leases.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::Target;
+    use std::sync::Arc;
+
+    const S: u64 = 1_000_000_000;
+    const T0: u64 = 1_000_000 * S;
+
+    fn bucket(key: u64, rate: &str) -> Bucket {
+        let r: crate::Rate = rate.parse().unwrap();
+        Bucket {
+            key: key | 1,
+            limit: Arc::from("test"),
+            target: Target::Global,
+            gcra: r.gcra(),
+            cost: 1,
+            shadow: false,
+        }
+    }
+
+    fn one(store: &MemoryStore, b: &Bucket, now: Nanos) -> bool {
+        let batch = Batch {
+            buckets: vec![b.clone()],
+            ..Batch::default()
+        };
+        store.decide(&batch, now).unwrap().committed
+    }
+
+    #[test]
+    fn denied_request_consumes_nothing_from_any_bucket() {
+        let s = MemoryStore::new(1024);
+        let wide = bucket(11, "100/1m");
+        let narrow = bucket(23, "1/1m");
+        let batch = Batch {
+            buckets: vec![wide.clone(), narrow.clone()],
+            ..Batch::default()
+        };
+        assert!(s.decide(&batch, T0).unwrap().committed);
+        let out = s.decide(&batch, T0).unwrap();
+        assert!(!out.committed);
+        assert!(out.buckets[0].allowed && !out.buckets[1].allowed);
+        assert_eq!(
+            out.buckets[0].snapshot.remaining, 99,
+            "wide bucket charged by a denied request"
+        );
+        assert_eq!(out.buckets[1].retry_after, Some(60 * S));
+    }
+
+    #[test]
+    fn eviction_never_hands_back_a_fresh_burst() {
+        // A table of 64 cells flooded by thousands of fresh keys: the abuser's
+        // key is certainly evicted, and must come back still limited.
+        let s = MemoryStore::new(64);
+        let abuser = bucket(0xDEAD_BEEF_0000_0001, "10/1h");
+        for _ in 0..10 {
+            assert!(one(&s, &abuser, T0));
+        }
+        assert!(!one(&s, &abuser, T0));
+        for i in 0..10_000u64 {
+            let k = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            one(&s, &bucket(k, "10/1h"), T0 + i);
+        }
+        assert!(s.stats().evictions > 0);
+        let mut allowed = 0;
+        for _ in 0..30 {
+            allowed += u32::from(one(&s, &abuser, T0 + 20_000));
+        }
+        assert_eq!(allowed, 0, "eviction handed the abuser fresh quota");
+        assert!(s.tracked_keys(T0) <= 64);
+    }
+
+    #[test]
+    fn idle_cells_are_reused_without_eviction() {
+        let s = MemoryStore::new(64);
+        for i in 0..10_000u64 {
+            let k = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            // Each key idles after 1 s; time moves 1 s per key.
+            assert!(one(&s, &bucket(k, "1/1s"), T0 + i * S));
+        }
+        assert_eq!(s.stats().evictions, 0);
+    }
+
+    #[test]
+    fn leases_cap_and_expire() {
+        let s = MemoryStore::new(64);
+        let slot = Slot {
+            key: 77,
+            limit: Arc::from("c"),
+            target: Target::Global,
+            max: 2,
+            shadow: false,
+        };
+        let take = |id: u128, exp: Nanos, now: Nanos| {
+            let b = Batch {
+                slots: vec![slot.clone()],
+                lease: Some((id, exp)),
+                ..Batch::default()
+            };
+            s.decide(&b, now).unwrap().committed
+        };
+        assert!(take(1, T0 + S, T0));
+        assert!(take(2, Nanos::MAX, T0));
+        assert!(!take(3, T0 + S, T0));
+        assert!(s.release(2, T0).unwrap());
+        assert!(!s.release(2, T0).unwrap());
+        assert!(take(3, T0 + 10 * S, T0));
+        assert!(!take(4, T0 + 10 * S, T0));
+        // Lease 1 expires at T0 + 1 s.
+        assert!(take(4, T0 + 10 * S, T0 + S));
+        assert_eq!(s.active_leases(T0 + S), 2);
+    }
+}

@@ -1,0 +1,162 @@
+//! The store: where bucket state and concurrency counts live.
+//!
+//! One call, [`Store::decide`], carries *everything* a decision touches — all
+//! rate buckets, all concurrency slots and the lease to take — so that a
+//! remote store (Redis, in `sluice-redis`) answers a decision with one atomic
+//! server-side script in one round trip. The engine splits a decision into
+//! [`crate::Engine::plan`] (pure), the store call, and
+//! [`crate::Engine::finish`] (pure), so an asynchronous store can run the
+//! middle step on its own runtime without the engine knowing about it.
+
+use std::sync::Arc;
+
+use crate::gcra::{Gcra, Snapshot};
+use crate::target::Target;
+use crate::time::Nanos;
+
+/// One rate bucket of a decision.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    /// Keyed hash of (limit name, target): the memory store's key. The hasher
+    /// is randomly seeded per engine, so nobody can choose colliding keys.
+    pub key: u64,
+    /// The limit's name: with `target`, a remote store's stable key.
+    pub limit: Arc<str>,
+    /// The target counted (`Target::Global` for global limits).
+    pub target: Target,
+    /// Rate parameters (after overrides).
+    pub gcra: Gcra,
+    /// Units to take.
+    pub cost: u64,
+    /// Shadow buckets are evaluated and consumed when they allow, but never
+    /// deny the request.
+    pub shadow: bool,
+}
+
+/// One concurrency slot of a decision.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    /// Keyed hash of (limit name, target).
+    pub key: u64,
+    /// The limit's name.
+    pub limit: Arc<str>,
+    /// The target counted.
+    pub target: Target,
+    /// At most this many holders at once.
+    pub max: u32,
+    /// Shadow slots are counted but never deny.
+    pub shadow: bool,
+}
+
+/// A lease's identity: chosen by the engine, unguessable.
+pub type LeaseId = u128;
+
+/// What a decision asks of the store.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Rate buckets, all-or-nothing.
+    pub buckets: Vec<Bucket>,
+    /// Concurrency slots, all-or-nothing together with the buckets.
+    pub slots: Vec<Slot>,
+    /// The lease to record when everything allows, with its expiry.
+    pub lease: Option<(LeaseId, Nanos)>,
+    /// Evaluate only; consume nothing (a dry run).
+    pub dry_run: bool,
+}
+
+/// One bucket's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketResult {
+    /// Whether this bucket alone would allow the request.
+    pub allowed: bool,
+    /// If not: how long until it would (`None`: never, the cost exceeds the burst).
+    pub retry_after: Option<Nanos>,
+    /// The bucket after the decision.
+    pub snapshot: Snapshot,
+}
+
+/// One slot's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotResult {
+    /// Whether a place was free.
+    pub allowed: bool,
+    /// Holders after the decision.
+    pub held: u32,
+}
+
+/// The store's answer, index-aligned with the batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Per bucket.
+    pub buckets: Vec<BucketResult>,
+    /// Per slot.
+    pub slots: Vec<SlotResult>,
+    /// Whether anything was consumed (and the lease recorded).
+    pub committed: bool,
+}
+
+/// A store failed (remote stores only; memory never fails).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or answered in time.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered something we do not understand.
+    #[error("store protocol error: {0}")]
+    Protocol(String),
+    /// Too many leases are held; refusing rather than growing without bound.
+    #[error("lease table full ({0} leases)")]
+    LeasesFull(usize),
+}
+
+/// State of one bucket for inspection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketState {
+    /// The stored TAT (0 when untracked).
+    pub tat: Nanos,
+}
+
+/// Where decisions' state lives. Memory and Redis implement it; the same
+/// contract tests run against both.
+pub trait Store: Send + Sync + 'static {
+    /// Decides a batch atomically: if every non-shadow bucket and slot allows,
+    /// consume them all (plus every shadow bucket and slot that allows) and
+    /// record the lease; otherwise change nothing.
+    fn decide(&self, batch: &Batch, now: Nanos) -> Result<Outcome, StoreError>;
+
+    /// Releases a lease; `false` if it was unknown or already expired.
+    fn release(&self, lease: LeaseId, now: Nanos) -> Result<bool, StoreError>;
+
+    /// The stored TAT of a bucket (for `inspect`), without changing it.
+    fn peek(&self, bucket: &Bucket, now: Nanos) -> Result<Nanos, StoreError>;
+
+    /// Current holders of a slot.
+    fn held(&self, slot: &Slot, now: Nanos) -> Result<u32, StoreError>;
+
+    /// Keys holding live state (an estimate is fine; used for metrics).
+    fn tracked_keys(&self, now: Nanos) -> u64;
+
+    /// Leases currently held.
+    fn active_leases(&self, now: Nanos) -> u64;
+}
+
+impl<S: Store + ?Sized> Store for Arc<S> {
+    fn decide(&self, batch: &Batch, now: Nanos) -> Result<Outcome, StoreError> {
+        (**self).decide(batch, now)
+    }
+    fn release(&self, lease: LeaseId, now: Nanos) -> Result<bool, StoreError> {
+        (**self).release(lease, now)
+    }
+    fn peek(&self, bucket: &Bucket, now: Nanos) -> Result<Nanos, StoreError> {
+        (**self).peek(bucket, now)
+    }
+    fn held(&self, slot: &Slot, now: Nanos) -> Result<u32, StoreError> {
+        (**self).held(slot, now)
+    }
+    fn tracked_keys(&self, now: Nanos) -> u64 {
+        (**self).tracked_keys(now)
+    }
+    fn active_leases(&self, now: Nanos) -> u64 {
+        (**self).active_leases(now)
+    }
+}
