@@ -340,6 +340,16 @@ impl Plan {
     }
 }
 
+/// A concurrency cap scaled by an override's factor (at least 1).
+fn scale_cap(max: u32, f: f64) -> u32 {
+    let v = (f64::from(max) * f).round();
+    if v.is_finite() {
+        v.clamp(1.0, f64::from(u32::MAX)) as u32
+    } else {
+        max
+    }
+}
+
 fn unreachable_rate() -> Rate {
     // Buckets are only planned for rate limits; this keeps `applied` total.
     Rate::new(1, Duration::from_secs(1)).unwrap_or_else(|_| unreachable!("1/1s is valid"))
@@ -466,7 +476,12 @@ impl Engine {
     }
 
     /// Bans `target` for `duration` (`None`: until lifted).
+    ///
+    /// A single address is grouped like the requests it should stop (an
+    /// IPv6 address bans its /64 by default): requests are checked per
+    /// group, so a ban on one address inside it would never match.
     pub fn ban(&self, target: Target, duration: Option<Duration>, reason: &str) -> Ban {
+        let target = self.normalize(target);
         let now = self.now();
         let ban = Ban {
             target,
@@ -479,9 +494,16 @@ impl Engine {
         ban
     }
 
-    /// Lifts a ban on exactly `target`.
+    /// Lifts a ban on exactly `target` (a single address meaning its group,
+    /// as in [`Engine::ban`]).
     pub fn unban(&self, target: &Target) -> Option<Ban> {
-        self.inner.bans.remove(target)
+        self.inner.bans.remove(&self.normalize(target.clone()))
+    }
+
+    /// Groups a single-address IP target to the policy's prefix; other
+    /// targets (and explicit networks) are returned as they are.
+    fn normalize(&self, target: Target) -> Target {
+        self.inner.compiled.load().policy.normalizer().normalize(target)
     }
 
     #[inline]
@@ -592,14 +614,7 @@ impl Engine {
                 }
                 (LimitKind::Concurrency(max), Mode::Acquire { .. }) => {
                     let max = match effect {
-                        Some(Effect::Multiply(f)) => {
-                            let v = (f64::from(max) * f).round();
-                            if v.is_finite() {
-                                v.clamp(1.0, f64::from(u32::MAX)) as u32
-                            } else {
-                                max
-                            }
-                        }
+                        Some(Effect::Multiply(f)) => scale_cap(max, f),
                         _ => max,
                     };
                     plan.entries.push(Entry {
@@ -856,10 +871,12 @@ impl Engine {
     }
 
     /// The state of every limit counting `target`, without consuming: for
-    /// operators' `inspect`.
+    /// operators' `inspect`. A single address is grouped to the policy's
+    /// prefix, and overrides for the target apply, as they do in decisions.
     pub fn inspect(&self, target: &Target) -> Result<Vec<LimitReport>, EngineError> {
         let compiled = self.inner.compiled.load_full();
         let now = self.now();
+        let target = &compiled.policy.normalizer().normalize(target.clone());
         let th = self.target_hash(target);
         let mut out = Vec::new();
         for (i, l) in compiled.policy.limits().iter().enumerate() {
@@ -871,9 +888,21 @@ impl Engine {
             if !applies {
                 continue;
             }
+            let effect = match l.scope {
+                Scope::Global => None,
+                Scope::Target(_) => compiled.policy.override_for(target, &l.action).map(|o| o.effect),
+            };
+            if effect == Some(Effect::Unlimited) {
+                continue;
+            }
             let key = mix(compiled.name_hashes[i], th);
             match l.kind {
                 LimitKind::Rate(rate) => {
+                    let rate = match effect {
+                        Some(Effect::Multiply(f)) => rate.scaled(f),
+                        Some(Effect::Replace(r)) => r,
+                        _ => rate,
+                    };
                     let b = Bucket {
                         key,
                         limit: l.name.clone(),
@@ -900,6 +929,10 @@ impl Engine {
                     });
                 }
                 LimitKind::Concurrency(max) => {
+                    let max = match effect {
+                        Some(Effect::Multiply(f)) => scale_cap(max, f),
+                        _ => max,
+                    };
                     let s = Slot {
                         key,
                         limit: l.name.clone(),
