@@ -1,0 +1,246 @@
+//! The TOML document as written, with spans: deserialised strictly (unknown
+//! keys are errors) and validated into typed values by `compile`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::settings::{HttpProtocol, OnError, ProxyVersion, StoreKind};
+
+type S<T> = Spanned<T>;
+/// A table of user-named keys (actions), values spanned.
+pub(crate) type Named<V> = BTreeMap<S<String>, S<V>>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub preset: Option<S<String>>,
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub network: RawNetwork,
+    #[serde(default)]
+    pub privacy: RawPrivacy,
+    #[serde(default)]
+    pub limits: Sides<Scopes<Named<Spec<RawRate>>>>,
+    #[serde(default)]
+    pub concurrency: Sides<Scopes<Named<Spec<RawConcurrency>>>>,
+    #[serde(default)]
+    pub actions: Sides<Named<String>>,
+    #[serde(default)]
+    pub exempt: RawExempt,
+    #[serde(default, rename = "override")]
+    pub overrides: Vec<S<RawOverride>>,
+    #[serde(default)]
+    pub autoban: Vec<S<RawAutoban>>,
+    #[serde(default)]
+    pub blocklist: RawBlocklist,
+    #[serde(default)]
+    pub bandwidth: Sides<RawBandwidth>,
+    #[serde(default)]
+    pub gateway: RawGateway,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub listen: Option<S<String>>,
+    pub admin_token_file: Option<S<String>>,
+    pub state_dir: Option<S<String>>,
+    pub max_body_bytes: Option<S<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    pub kind: Option<S<StoreKind>>,
+    pub url: Option<S<String>>,
+    pub max_keys: Option<S<u64>>,
+    pub on_error: Option<OnError>,
+    pub key_prefix: Option<S<String>>,
+    pub cluster: Option<S<bool>>,
+    pub connect_timeout: Option<S<String>>,
+    pub command_timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNetwork {
+    pub trusted_proxies: Option<Vec<S<String>>>,
+    pub ipv4_prefix: Option<S<u8>>,
+    pub ipv6_prefix: Option<S<u8>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPrivacy {
+    pub log_ips: Option<bool>,
+}
+
+/// `client` and `federation` sub-tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Sides<T> {
+    pub client: Option<T>,
+    pub federation: Option<T>,
+}
+
+impl<T> Default for Sides<T> {
+    fn default() -> Self {
+        Self {
+            client: None,
+            federation: None,
+        }
+    }
+}
+
+/// `target` and `global` sub-tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Scopes<T> {
+    pub target: Option<T>,
+    pub global: Option<T>,
+}
+
+/// A limit's value: `"10/1m"` or `"off"`, a number (concurrency), a table,
+/// or an array of tables.
+#[derive(Debug)]
+pub(crate) enum Spec<T> {
+    Str(String),
+    Int(i64),
+    Table(T),
+    List(Vec<S<T>>),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spec<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Spec<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, a number, a table or an array of tables")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Spec::Str(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Spec::Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Spec::Int(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(Spec::Table)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::new();
+                while let Some(x) = seq.next_element::<S<T>>()? {
+                    v.push(x);
+                }
+                Ok(Spec::List(v))
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRate {
+    pub rate: S<String>,
+    pub burst: Option<S<u64>>,
+    pub shadow: Option<bool>,
+    pub per: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConcurrency {
+    pub max: S<i64>,
+    pub shadow: Option<bool>,
+    pub per: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawExempt {
+    #[serde(default)]
+    pub networks: Vec<S<String>>,
+    #[serde(default)]
+    pub targets: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOverride {
+    pub target: S<String>,
+    pub actions: Option<Vec<S<String>>>,
+    pub multiply: Option<S<f64>>,
+    pub rate: Option<S<String>>,
+    pub unlimited: Option<S<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAutoban {
+    pub action: S<String>,
+    pub side: Option<S<String>>,
+    pub per: Option<S<String>>,
+    pub denials: Option<S<u64>>,
+    pub within: Option<S<String>>,
+    pub ban: Option<S<String>>,
+    pub max_ban: Option<S<String>>,
+    pub forget_after: Option<S<String>>,
+    pub off: Option<S<bool>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBlocklist {
+    #[serde(default)]
+    pub servers: Vec<S<String>>,
+    #[serde(default)]
+    pub networks: Vec<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBandwidth {
+    pub per_connection: Option<S<String>>,
+    pub per_ip: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGateway {
+    #[serde(default)]
+    pub tcp: Vec<S<RawTcp>>,
+    #[serde(default)]
+    pub http: Vec<S<RawHttp>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTcp {
+    pub listen: S<String>,
+    pub upstream: S<String>,
+    pub side: S<String>,
+    #[serde(default)]
+    pub accept_proxy: Option<S<bool>>,
+    pub send_proxy: Option<ProxyVersion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttp {
+    pub listen: S<String>,
+    pub upstream: S<String>,
+    pub protocol: HttpProtocol,
+}

@@ -1,0 +1,217 @@
+//! The typed, validated sections of a configuration besides the policy.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use sluice_core::{Rate, Side};
+
+/// `[server]`: the decision service's own listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Where the HTTP decision and admin API listens (default `127.0.0.1:8470`).
+    pub listen: SocketAddr,
+    /// A file holding the admin bearer token; without one the admin API
+    /// answers loopback clients only.
+    pub admin_token_file: Option<PathBuf>,
+    /// Where bans are persisted across restarts (none: bans live in memory).
+    pub state_dir: Option<PathBuf>,
+    /// Largest request body the API reads (default 65536).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8470)),
+            admin_token_file: None,
+            state_dir: None,
+            max_body_bytes: 65_536,
+        }
+    }
+}
+
+/// Where counters live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// In this process, bounded by `max_keys` (the default).
+    #[default]
+    Memory,
+    /// Shared by several instances in Redis or Valkey.
+    Redis,
+}
+
+/// What to decide when the store cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Fail open: allow the request (the default; an outage of the limiter
+    /// must not become an outage of the server).
+    #[default]
+    Allow,
+    /// Fail closed: deny the request.
+    Deny,
+}
+
+/// `[store]`: the counter store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Memory or Redis.
+    pub kind: StoreKind,
+    /// Redis URL (`redis://`, `rediss://`, `redis+unix://`, `unix://`,
+    /// `valkey://`, `valkeys://`); required for Redis, refused for memory.
+    pub url: Option<String>,
+    /// Hard cap on tracked keys in memory (default 1 000 000).
+    pub max_keys: usize,
+    /// Decision when the store fails (default allow).
+    pub on_error: OnError,
+    /// Prefix of every Redis key (default `sluice:`).
+    pub key_prefix: String,
+    /// Whether the Redis URL names a Cluster.
+    pub cluster: bool,
+    /// Time allowed to connect to Redis (default 1s).
+    pub connect_timeout: Duration,
+    /// Time allowed for one Redis command (default 250ms).
+    pub command_timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Memory,
+            url: None,
+            max_keys: 1_000_000,
+            on_error: OnError::Allow,
+            key_prefix: "sluice:".to_owned(),
+            cluster: false,
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_millis(250),
+        }
+    }
+}
+
+/// `[network]`: who may tell us a client's address, and how addresses group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// Proxies whose PROXY header, `Forwarded` or `X-Forwarded-For` is
+    /// believed. Empty (the default): the peer address is the client.
+    pub trusted_proxies: Vec<IpNet>,
+    /// IPv4 addresses are limited per /`ipv4_prefix` (default 32).
+    pub ipv4_prefix: u8,
+    /// IPv6 addresses are limited per /`ipv6_prefix` (default 64).
+    pub ipv6_prefix: u8,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+        }
+    }
+}
+
+/// `[privacy]`: what reaches logs and admin output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PrivacyConfig {
+    /// Log raw client addresses instead of keyed hashes (default false).
+    pub log_ips: bool,
+}
+
+/// `[bandwidth.client]` and `[bandwidth.federation]`: byte rates for the
+/// gateways' readers. A throttled reader is slowed down, never dropped.
+///
+/// `*_per_connection` is enforced by the gateway on each connection alone.
+/// `*_per_ip` mirrors the policy limit `<side>.target.bandwidth.ip` (the
+/// built-in `bandwidth` action, cost = bytes), which the engine enforces
+/// across connections and instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BandwidthConfig {
+    /// Each client connection's read rate.
+    pub client_per_connection: Option<Rate>,
+    /// Each federation connection's read rate.
+    pub federation_per_connection: Option<Rate>,
+    /// All client connections of one address together.
+    pub client_per_ip: Option<Rate>,
+    /// All federation connections of one address together.
+    pub federation_per_ip: Option<Rate>,
+}
+
+impl BandwidthConfig {
+    /// The per-connection rate of one side.
+    pub fn per_connection(&self, side: Side) -> Option<Rate> {
+        match side {
+            Side::Client => self.client_per_connection,
+            Side::Federation => self.federation_per_connection,
+        }
+    }
+
+    /// The per-address rate of one side.
+    pub fn per_ip(&self, side: Side) -> Option<Rate> {
+        match side {
+            Side::Client => self.client_per_ip,
+            Side::Federation => self.federation_per_ip,
+        }
+    }
+}
+
+/// `[[gateway.tcp]]` and `[[gateway.http]]`: the edge gateways.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GatewayConfig {
+    /// TCP proxies (XMPP c2s/s2s).
+    pub tcp: Vec<TcpGateway>,
+    /// HTTP reverse proxies (Matrix, JMAP).
+    pub http: Vec<HttpGateway>,
+}
+
+/// PROXY protocol version sent to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyVersion {
+    /// The text header (`PROXY TCP4 …`).
+    V1,
+    /// The binary header.
+    V2,
+}
+
+/// A TCP proxy in front of an XMPP server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpGateway {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// Where connections go: `host:port`.
+    pub upstream: String,
+    /// Client (c2s) or federation (s2s) limits.
+    pub side: Side,
+    /// Read a PROXY header (v1 or v2) from peers in `[network] trusted_proxies`.
+    pub accept_proxy: bool,
+    /// Send a PROXY header with the real client address to the upstream.
+    pub send_proxy: Option<ProxyVersion>,
+}
+
+/// What an HTTP gateway proxies, which decides how requests map to actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpProtocol {
+    /// Matrix client-server and federation APIs.
+    Matrix,
+    /// JMAP (RFC 8620).
+    Jmap,
+    /// Anything else: every request is the `request` action.
+    Generic,
+}
+
+/// An HTTP reverse proxy in front of a Matrix or JMAP server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpGateway {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// The upstream's base URL: `http://host:port` or `https://host:port`.
+    pub upstream: String,
+    /// Matrix, JMAP or generic.
+    pub protocol: HttpProtocol,
+}
