@@ -1,0 +1,4 @@
+//! The commands, one module per family. Each returns the process exit code;
+//! an `Err` is an unexpected failure (exit 1).
+
+pub mod config;
