@@ -342,9 +342,13 @@ pub fn normalize_server(s: &str) -> Option<String> {
     let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
     if !host.starts_with('[') && host.parse::<Ipv4Addr>().is_err() {
         let labels_ok = !host.is_empty()
-            && host
-                .split('.')
-                .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(is_domain_label_char));
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.chars().all(is_domain_label_char)
+            });
         if !labels_ok {
             return None;
         }

@@ -1,0 +1,301 @@
+//! The application state shared by every handler: engine, config, metrics,
+//! activity, privacy and persistence.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use sluice_config::{Config, StoreKind};
+use sluice_core::{Ban, Clock, CoarseClock, Decision, Engine, MemoryStore, Nanos, Side, Target};
+use tokio::sync::Notify;
+
+use crate::metrics::{Gauges, Metrics};
+use crate::persist::{BanFile, PersistError};
+use crate::privacy::Privacy;
+use crate::top::TopTracker;
+
+/// Why the service could not start or reload.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is invalid (reload refused; old one kept).
+    #[error(transparent)]
+    Config(#[from] sluice_config::ConfigError),
+    /// The admin token file could not be read or is empty.
+    #[error("admin token file {path}: {reason}")]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A store kind this build cannot serve.
+    #[error("store kind {0:?} is not available in this build")]
+    Store(String),
+    /// Binding or serving failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The ban file could not be written.
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+}
+
+pub(crate) struct Inner {
+    pub engine: Engine,
+    pub memory: Option<Arc<MemoryStore>>,
+    pub config: ArcSwap<Config>,
+    pub metrics: Metrics,
+    pub top: TopTracker,
+    pub privacy: ArcSwap<Privacy>,
+    pub bans_file: Option<BanFile>,
+    pub persist: Notify,
+    /// Serialises writers of the ban file (the background saver and the
+    /// final flush at shutdown).
+    pub save_lock: std::sync::Mutex<()>,
+    pub admin_token: ArcSwap<Option<String>>,
+}
+
+/// The decision service's state. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").finish_non_exhaustive()
+    }
+}
+
+fn read_token(path: &Option<PathBuf>) -> Result<Option<String>, ServerError> {
+    let Some(path) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(path).map_err(|e| ServerError::Token {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let token = text.trim().to_owned();
+    if token.len() < 16 {
+        return Err(ServerError::Token {
+            path: path.clone(),
+            reason: "token must be at least 16 characters".into(),
+        });
+    }
+    Ok(Some(token))
+}
+
+/// Where bans persist when `server.state_dir` is not set: systemd's
+/// `$STATE_DIRECTORY`, else `$XDG_STATE_HOME/sluice`, else
+/// `~/.local/state/sluice`.
+pub fn default_state_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("STATE_DIRECTORY") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return Some(PathBuf::from(d).join("sluice"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/sluice"))
+}
+
+impl App {
+    /// Builds the service from a config with the production clock.
+    pub fn new(config: Config) -> Result<Self, ServerError> {
+        Self::with_clock(config, Arc::new(CoarseClock::new()))
+    }
+
+    /// Builds the service with an injected clock (tests use a fake one).
+    pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, ServerError> {
+        let memory = match config.store.kind {
+            StoreKind::Memory => Arc::new(MemoryStore::new(config.store.max_keys)),
+            StoreKind::Redis => return Err(ServerError::Store("redis".into())),
+        };
+        let engine = Engine::new(config.policy.clone(), memory.clone(), clock);
+        let state_dir = config.server.state_dir.clone().or_else(default_state_dir);
+        let bans_file = state_dir.as_deref().map(BanFile::in_dir);
+        let admin_token = read_token(&config.server.admin_token_file)?;
+        let app = App {
+            inner: Arc::new(Inner {
+                metrics: Metrics::new(&config.policy),
+                top: TopTracker::new(Duration::from_secs(60)),
+                privacy: ArcSwap::from_pointee(Privacy::new(config.privacy.log_ips)),
+                engine,
+                memory: Some(memory),
+                config: ArcSwap::from_pointee(config),
+                bans_file,
+                persist: Notify::new(),
+                save_lock: std::sync::Mutex::new(()),
+                admin_token: ArcSwap::from_pointee(admin_token),
+            }),
+        };
+        app.restore_bans();
+        Ok(app)
+    }
+
+    fn restore_bans(&self) {
+        let Some(file) = &self.inner.bans_file else {
+            tracing::warn!("no state directory: bans will not survive a restart (set server.state_dir)");
+            return;
+        };
+        match file.load(self.now()) {
+            Ok(bans) => {
+                let n = bans.len();
+                for b in bans {
+                    self.inner.engine.bans().insert(b);
+                }
+                if n > 0 {
+                    tracing::info!(bans = n, file = %file.path().display(), "bans restored");
+                }
+            }
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.inner.config.load_full()
+    }
+
+    /// The engine's time.
+    pub fn now(&self) -> Nanos {
+        self.inner.engine.now()
+    }
+
+    pub(crate) fn privacy(&self) -> Arc<Privacy> {
+        self.inner.privacy.load_full()
+    }
+
+    /// Re-reads the config file and applies its policy; counters and bans
+    /// are kept. An invalid file is refused and the old config stays.
+    pub fn reload(&self) -> Result<(), ServerError> {
+        let old = self.config();
+        let Some(path) = old.source.clone() else {
+            tracing::info!("reload: no config file, the built-in preset stays");
+            return Ok(());
+        };
+        let new = match sluice_config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reload refused, keeping the running config: {e}");
+                return Err(e.into());
+            }
+        };
+        let token = read_token(&new.server.admin_token_file)?;
+        if new.server.listen != old.server.listen || new.store.max_keys != old.store.max_keys {
+            tracing::warn!("reload: server.listen and store settings take effect on restart only");
+        }
+        self.inner.engine.reload(new.policy.clone());
+        self.inner.metrics.update(&new.policy);
+        self.inner
+            .privacy
+            .store(Arc::new(self.privacy().with_log_ips(new.privacy.log_ips)));
+        self.inner.admin_token.store(Arc::new(token));
+        self.inner.config.store(Arc::new(new));
+        tracing::warn!(file = %path.display(), "configuration reloaded");
+        Ok(())
+    }
+
+    /// Records a decision in metrics, activity and logs.
+    pub(crate) fn observe(&self, side: Side, action: &str, targets: &[Target], d: &Decision) {
+        self.inner.metrics.record(side, action, d);
+        let now = self.now();
+        for t in targets {
+            self.inner.top.record(t, !d.allowed, now);
+        }
+        if !d.allowed && tracing::enabled!(tracing::Level::INFO) {
+            let privacy = self.privacy();
+            let shown: Vec<String> = targets.iter().map(|t| privacy.show(t)).collect();
+            let fired: Vec<&str> = d.fired().map(|l| &*l.name).collect();
+            tracing::info!(side = %side, action, targets = ?shown, limits = ?fired, reason = ?reason_str(d), "denied");
+        }
+        if let Some(ban) = &d.banned {
+            self.inner
+                .metrics
+                .autobans
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(target = %self.privacy().show(&ban.target), reason = %ban.reason, "automatic ban");
+            self.bans_changed();
+        }
+    }
+
+    /// Schedules writing the ban list (coalesced; see [`App::flush_bans`]).
+    pub(crate) fn bans_changed(&self) {
+        self.inner.persist.notify_one();
+    }
+
+    /// Writes the ban list now.
+    pub fn flush_bans(&self) -> Result<(), ServerError> {
+        if let Some(file) = &self.inner.bans_file {
+            let _guard = self.inner.save_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let bans: Vec<Ban> = self.inner.engine.bans().list(self.now());
+            file.save(&bans)?;
+        }
+        Ok(())
+    }
+
+    /// Runs until dropped: writes the ban list whenever it changes.
+    pub(crate) async fn persist_loop(self) {
+        loop {
+            self.inner.persist.notified().await;
+            let app = self.clone();
+            // File I/O and fsync stay off the async workers.
+            match tokio::task::spawn_blocking(move || app.flush_bans()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("saving bans: {e}"),
+                Err(e) => tracing::error!("saving bans: {e}"),
+            }
+        }
+    }
+
+    /// Gauges for `/metrics`.
+    pub(crate) fn gauges(&self) -> Gauges {
+        let now = self.now();
+        let store = self.inner.engine.store();
+        let (evictions, capacity) = self
+            .inner
+            .memory
+            .as_ref()
+            .map(|m| {
+                let s = m.stats();
+                (s.evictions, s.capacity)
+            })
+            .unwrap_or_default();
+        Gauges {
+            tracked_keys: store.tracked_keys(now),
+            active_leases: store.active_leases(now),
+            bans: self.inner.engine.bans().list(now).len() as u64,
+            evictions,
+            capacity,
+        }
+    }
+
+    /// Resolves a hashed address label through recent activity and bans.
+    pub(crate) fn resolve_label(&self, label: &str) -> Option<Target> {
+        let privacy = self.privacy();
+        if let Some(t) = self.inner.top.find(|t| privacy.matches(label, t)) {
+            return Some(t);
+        }
+        self.inner
+            .engine
+            .bans()
+            .list(self.now())
+            .into_iter()
+            .map(|b| b.target)
+            .find(|t| privacy.matches(label, t))
+    }
+}
+
+pub(crate) fn reason_str(d: &Decision) -> &'static str {
+    use sluice_core::Reason;
+    match d.reason {
+        Reason::Allowed => "allowed",
+        Reason::Exempt(_) => "exempt",
+        Reason::Banned(_) => "banned",
+        Reason::Blocked(_) => "blocked",
+        Reason::Limited(_) => "limited",
+        Reason::TooLarge(_) => "too_large",
+    }
+}

@@ -1,0 +1,534 @@
+//! The HTTP surface: decision API, health, metrics and the admin API.
+//!
+//! Layers, outermost first: connection info (peer address) → routing →
+//! admin guard (loopback or bearer token, admin routes only) → handler.
+//! Every handler reads its body with a size cap and parses it field by field,
+//! so malformed input is a 400 naming the field, never a 500.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use sluice_core::{Decision, Lease, LimitReport, Mode, Reason, Request as EngineRequest, Target};
+
+use crate::app::{reason_str, App};
+use crate::input::{self, FieldError};
+use crate::top::TopBy;
+
+/// "Never" on the wire: a year, so naive clients that sleep on
+/// `retry_after_ms` or `Retry-After` do not overflow.
+const NEVER_MS: u64 = 365 * 86_400_000;
+
+fn ms(d: Duration) -> u64 {
+    if d == Duration::MAX {
+        NEVER_MS
+    } else {
+        u64::try_from(d.as_nanos().div_ceil(1_000_000))
+            .unwrap_or(NEVER_MS)
+            .min(NEVER_MS)
+    }
+}
+
+fn secs_ceil(d: Duration) -> u64 {
+    ms(d).div_ceil(1000)
+}
+
+/// The router for `app`.
+pub fn router(app: App) -> Router {
+    let admin = Router::new()
+        .route("/top", get(admin_top))
+        .route("/targets/{target}", get(admin_inspect))
+        .route("/bans", get(admin_bans).post(admin_ban))
+        .route("/bans/remove", post(admin_unban_many))
+        .route("/bans/{target}", delete(admin_unban_one))
+        .route("/reload", post(admin_reload))
+        .route_layer(middleware::from_fn_with_state(app.clone(), admin_guard));
+    Router::new()
+        .route("/v1/check", post(check))
+        .route("/v1/acquire", post(acquire))
+        .route("/v1/release", post(release))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .nest("/v1/admin", admin)
+        .fallback(not_found)
+        .with_state(app)
+}
+
+fn bad(app: &App, e: FieldError) -> Response {
+    app.inner
+        .metrics
+        .bad_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({"error": e.message, "field": e.field})),
+    )
+        .into_response()
+}
+
+async fn body_bytes(app: &App, body: Body) -> Result<axum::body::Bytes, Response> {
+    let limit = app.config().server.max_body_bytes;
+    to_bytes(body, limit).await.map_err(|_| {
+        bad(
+            app,
+            FieldError::new("body", format!("unreadable or larger than {limit} bytes")),
+        )
+    })
+}
+
+fn limit_json(l: &LimitReport) -> Value {
+    json!({
+        "name": &*l.name,
+        "remaining": l.remaining,
+        "reset_ms": ms(l.reset),
+        "limit": l.limit,
+        "window_ms": l.window.map(ms),
+        "outcome": l.outcome.as_str(),
+    })
+}
+
+fn decision_json(d: &Decision) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("allowed".into(), d.allowed.into());
+    m.insert("retry_after_ms".into(), ms(d.retry_after).into());
+    m.insert("reason".into(), reason_str(d).into());
+    match &d.reason {
+        Reason::Limited(name) | Reason::TooLarge(name) => {
+            m.insert("limit".into(), (**name).into());
+        }
+        Reason::Banned(b) => {
+            m.insert(
+                "ban".into(),
+                json!({"reason": &*b.reason, "expires_ms": b.expires.map(|e| e / 1_000_000)}),
+            );
+        }
+        _ => {}
+    }
+    m.insert("limits".into(), d.limits.iter().map(limit_json).collect());
+    m
+}
+
+/// `Retry-After` and the IETF `RateLimit` / `RateLimit-Policy` fields
+/// (draft-ietf-httpapi-ratelimit-headers): one policy item per rate limit,
+/// named after the limit, `q` its quota, `w` its window in seconds; `r` the
+/// remaining quota and `t` seconds until it is whole again.
+fn rate_headers(d: &Decision, h: &mut HeaderMap) {
+    if !d.allowed {
+        if let Ok(v) = HeaderValue::from_str(&secs_ceil(d.retry_after).to_string()) {
+            h.insert(header::RETRY_AFTER, v);
+        }
+    }
+    let rates: Vec<&LimitReport> = d.limits.iter().filter(|l| l.window.is_some()).collect();
+    if rates.is_empty() {
+        return;
+    }
+    let policy = rates
+        .iter()
+        .map(|l| {
+            format!(
+                "\"{}\";q={};w={}",
+                l.name,
+                l.limit,
+                secs_ceil(l.window.unwrap_or_default())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let state = rates
+        .iter()
+        .map(|l| format!("\"{}\";r={};t={}", l.name, l.remaining, secs_ceil(l.reset)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let (Ok(p), Ok(s)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&state)) {
+        h.insert("ratelimit-policy", p);
+        h.insert("ratelimit", s);
+    }
+}
+
+fn engine_error(app: &App, e: sluice_core::EngineError) -> Response {
+    match e {
+        sluice_core::EngineError::UnknownAction { side, action } => bad(
+            app,
+            FieldError::new("action", format!("unknown {side} action {action:?}")),
+        ),
+        sluice_core::EngineError::Store(e) => {
+            app.inner
+                .metrics
+                .store_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!("store: {e}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"error": e.to_string(), "field": null})),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn decide(app: App, body: Body, acquire: bool) -> Response {
+    let bytes = match body_bytes(&app, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let policy = app.engine().policy();
+    let ask = match input::ask(&bytes, &policy, acquire) {
+        Ok(a) => a,
+        Err(e) => return bad(&app, e),
+    };
+    let req = EngineRequest {
+        side: ask.side,
+        action: &ask.action,
+        targets: ask.targets,
+        cost: ask.cost,
+    };
+    let mode = match (acquire, ask.dry_run) {
+        (true, _) => Mode::Acquire { ttl: ask.ttl },
+        (false, true) => Mode::DryRun,
+        (false, false) => Mode::Check,
+    };
+    let plan = match app.engine().plan(&req, mode) {
+        Ok(p) => p,
+        Err(e) => return engine_error(&app, e),
+    };
+    let targets = plan.targets().to_vec();
+    let outcome = if plan.needs_store() {
+        match app.engine().store().decide(plan.batch(), plan.now()) {
+            Ok(o) => o,
+            Err(e) => return engine_error(&app, e.into()),
+        }
+    } else {
+        Default::default()
+    };
+    let d = app.engine().finish(plan, outcome);
+    if !ask.dry_run {
+        app.observe(ask.side, &ask.action, &targets, &d);
+    }
+    let mut headers = HeaderMap::new();
+    rate_headers(&d, &mut headers);
+    let body = if acquire {
+        json!({
+            "allowed": d.allowed,
+            "lease": d.lease.map(|l| l.token()),
+            "retry_after_ms": ms(d.retry_after),
+            "reason": reason_str(&d),
+            "limits": d.limits.iter().map(limit_json).collect::<Vec<_>>(),
+        })
+    } else {
+        Value::Object(decision_json(&d))
+    };
+    (StatusCode::OK, headers, axum::Json(body)).into_response()
+}
+
+async fn check(State(app): State<App>, body: Body) -> Response {
+    decide(app, body, false).await
+}
+
+async fn acquire(State(app): State<App>, body: Body) -> Response {
+    decide(app, body, true).await
+}
+
+async fn release(State(app): State<App>, body: Body) -> Response {
+    let bytes = match body_bytes(&app, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let parsed = input::object(&bytes).and_then(|m| {
+        input::only(&m, "", &["lease"])?;
+        let token = input::string(&m, "lease")?;
+        Lease::parse_token(token).ok_or_else(|| FieldError::new("lease", "not a lease token"))
+    });
+    let id = match parsed {
+        Ok(id) => id,
+        Err(e) => return bad(&app, e),
+    };
+    match app.engine().release(id) {
+        Ok(released) => axum::Json(json!({"released": released})).into_response(),
+        Err(e) => engine_error(&app, e),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    let text = app.inner.metrics.render(app.gauges());
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../../../docs/openapi.json"),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({"error": "no such endpoint", "field": null})),
+    )
+        .into_response()
+}
+
+/// Admin routes: from a loopback peer, or with `Authorization: Bearer
+/// <token>` matching `server.admin_token_file`. Nothing else gets in.
+async fn admin_guard(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let loopback = sluice_core::target::canonical_ip(peer.ip()).is_loopback();
+    let token = app.inner.admin_token.load_full();
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token_ok = match (token.as_deref(), presented) {
+        (Some(expected), Some(given)) => constant_time_eq(expected.as_bytes(), given.as_bytes()),
+        _ => false,
+    };
+    if loopback || token_ok {
+        return next.run(req).await;
+    }
+    tracing::warn!(peer = %app.privacy().show(&Target::Ip(peer.ip().into())), "admin request refused");
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        axum::Json(json!({"error": "admin API: loopback or bearer token only", "field": "authorization"})),
+    )
+        .into_response()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // Length is not secret (tokens are of a known minimum size); contents are.
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn ban_json(app: &App, b: &sluice_core::Ban) -> Value {
+    json!({
+        "target": app.privacy().show(&b.target),
+        "reason": &*b.reason,
+        "created_ms": b.created / 1_000_000,
+        "expires_ms": b.expires.map(|e| e / 1_000_000),
+        "source": b.source.as_str(),
+    })
+}
+
+async fn admin_top(State(app): State<App>, Query(q): Query<Vec<(String, String)>>) -> Response {
+    let mut by = TopBy::Denials;
+    let mut limit = 20usize;
+    for (k, v) in q {
+        match (k.as_str(), v.as_str()) {
+            ("by", "denials") => by = TopBy::Denials,
+            ("by", "requests") => by = TopBy::Requests,
+            ("by", _) => return bad(&app, FieldError::new("by", "expected denials or requests")),
+            ("limit", n) => match n.parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => limit = n,
+                _ => {
+                    return bad(
+                        &app,
+                        FieldError::new("limit", "expected an integer from 1 to 1000"),
+                    )
+                }
+            },
+            (other, _) => {
+                return bad(
+                    &app,
+                    FieldError::new(other, "unknown parameter; expected by, limit"),
+                )
+            }
+        }
+    }
+    let privacy = app.privacy();
+    let rows: Vec<Value> = app
+        .inner
+        .top
+        .top(by, limit, app.now())
+        .into_iter()
+        .map(|a| json!({"target": privacy.show(&a.target), "requests": a.requests, "denials": a.denials}))
+        .collect();
+    axum::Json(json!({
+        "by": match by { TopBy::Denials => "denials", TopBy::Requests => "requests" },
+        "window_s": 60,
+        "targets": rows,
+    }))
+    .into_response()
+}
+
+fn parse_admin_target(app: &App, s: &str, field: &str) -> Result<Target, FieldError> {
+    let norm = app.engine().policy().normalizer();
+    input::admin_target(s, field, norm, |label| app.resolve_label(label))
+}
+
+async fn admin_inspect(State(app): State<App>, Path(target): Path<String>) -> Response {
+    let t = match parse_admin_target(&app, &target, "target") {
+        Ok(t) => t,
+        Err(e) => return bad(&app, e),
+    };
+    let policy = app.engine().policy();
+    let limits = match app.engine().inspect(&t) {
+        Ok(l) => l,
+        Err(e) => return engine_error(&app, e),
+    };
+    let ban = app.engine().bans().find(&t, app.now());
+    let held: Vec<Value> = limits
+        .iter()
+        .map(|l| {
+            let mut v = limit_json(l);
+            v["kind"] = if l.window.is_some() { "rate" } else { "concurrency" }.into();
+            v["shadow"] = l.shadow.into();
+            v
+        })
+        .collect();
+    axum::Json(json!({
+        "target": app.privacy().show(&t),
+        "exempt": policy.is_exempt(&t),
+        "blocked": policy.blocked(&t).is_some(),
+        "ban": ban.as_ref().map(|b| ban_json(&app, b)),
+        "limits": held,
+    }))
+    .into_response()
+}
+
+async fn admin_bans(State(app): State<App>) -> Response {
+    let bans: Vec<Value> = app
+        .engine()
+        .bans()
+        .list(app.now())
+        .iter()
+        .map(|b| ban_json(&app, b))
+        .collect();
+    axum::Json(json!({ "bans": bans })).into_response()
+}
+
+fn targets_field(app: &App, m: &serde_json::Map<String, Value>) -> Result<Vec<Target>, FieldError> {
+    let list = match m.get("targets") {
+        Some(Value::Array(a)) if !a.is_empty() && a.len() <= 10_000 => a,
+        Some(_) => {
+            return Err(FieldError::new(
+                "targets",
+                "expected an array of 1 to 10000 targets",
+            ))
+        }
+        None => return Err(FieldError::new("targets", "missing")),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let field = format!("targets[{i}]");
+            match v {
+                Value::String(s) => parse_admin_target(app, s, &field),
+                _ => Err(FieldError::new(&field, "expected a string")),
+            }
+        })
+        .collect()
+}
+
+async fn admin_ban(State(app): State<App>, body: Body) -> Response {
+    let bytes = match body_bytes(&app, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let parsed = input::object(&bytes).and_then(|m| {
+        input::only(&m, "", &["targets", "duration", "reason"])?;
+        let targets = targets_field(&app, &m)?;
+        let duration = match m.get("duration") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s == "forever" => None,
+            Some(Value::String(s)) => Some(
+                sluice_core::rate::parse_duration(s)
+                    .map_err(|e| FieldError::new("duration", e.to_string()))?,
+            ),
+            Some(_) => {
+                return Err(FieldError::new(
+                    "duration",
+                    "expected a duration such as \"1h\" or \"forever\"",
+                ))
+            }
+        };
+        let reason = match m.get("reason") {
+            None | Some(Value::Null) => "banned by operator".to_owned(),
+            Some(Value::String(s)) if s.len() <= 1000 => s.clone(),
+            Some(_) => {
+                return Err(FieldError::new(
+                    "reason",
+                    "expected a string of at most 1000 bytes",
+                ))
+            }
+        };
+        Ok((targets, duration, reason))
+    });
+    let (targets, duration, reason) = match parsed {
+        Ok(p) => p,
+        Err(e) => return bad(&app, e),
+    };
+    let banned: Vec<Value> = targets
+        .into_iter()
+        .map(|t| {
+            let b = app.engine().ban(t, duration, &reason);
+            tracing::warn!(target = %app.privacy().show(&b.target), reason = %b.reason, "ban added");
+            ban_json(&app, &b)
+        })
+        .collect();
+    app.bans_changed();
+    axum::Json(json!({ "banned": banned })).into_response()
+}
+
+fn unban(app: &App, targets: Vec<Target>) -> Response {
+    let mut removed = Vec::new();
+    let mut missing = Vec::new();
+    for t in targets {
+        match app.engine().unban(&t) {
+            Some(b) => removed.push(ban_json(app, &b)),
+            None => missing.push(app.privacy().show(&t)),
+        }
+    }
+    app.bans_changed();
+    axum::Json(json!({ "removed": removed, "not_banned": missing })).into_response()
+}
+
+async fn admin_unban_many(State(app): State<App>, body: Body) -> Response {
+    let bytes = match body_bytes(&app, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let parsed = input::object(&bytes).and_then(|m| {
+        input::only(&m, "", &["targets"])?;
+        targets_field(&app, &m)
+    });
+    match parsed {
+        Ok(t) => unban(&app, t),
+        Err(e) => bad(&app, e),
+    }
+}
+
+async fn admin_unban_one(State(app): State<App>, Path(target): Path<String>) -> Response {
+    match parse_admin_target(&app, &target, "target") {
+        Ok(t) => unban(&app, vec![t]),
+        Err(e) => bad(&app, e),
+    }
+}
+
+async fn admin_reload(State(app): State<App>) -> Response {
+    match app.reload() {
+        Ok(()) => axum::Json(json!({"reloaded": true})).into_response(),
+        Err(e) => bad(&app, FieldError::new("config", e.to_string())),
+    }
+}

@@ -1,0 +1,32 @@
+//! sluice's decision service: `sluice serve`.
+//!
+//! Servers, proxies and modules ask over HTTP/JSON whether a target may do an
+//! action (`POST /v1/check`), take and return concurrency leases
+//! (`/v1/acquire`, `/v1/release`), and operators inspect and act through the
+//! admin API (`/v1/admin/…`: top targets, one target's state, bans, reload).
+//! `/metrics` speaks Prometheus text. Bans persist in the state directory;
+//! SIGHUP reloads the policy keeping counters and bans; SIGTERM drains.
+//!
+//! The engine is [`sluice_core`]; this crate adds HTTP, observation and
+//! persistence, nothing about limits themselves.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sluice_server::ServerError> {
+//! let app = sluice_server::App::new(sluice_config::Config::default())?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! sluice_server::serve(listener, app, sluice_server::shutdown_signal()).await
+//! # }
+//! ```
+
+mod app;
+mod http;
+pub mod input;
+mod metrics;
+pub mod persist;
+pub mod privacy;
+mod serve;
+pub mod top;
+
+pub use app::{default_state_dir, App, ServerError};
+pub use http::router;
+pub use serve::{run, serve, shutdown_signal};
