@@ -49,7 +49,7 @@ pub(crate) fn compile(text: &str, origin: &str) -> Result<Config> {
     let src = Source { text, origin };
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        src.error(span, e.message())
+        src.error(span, tidy(e.message()))
     })?;
     Compiler {
         src,
@@ -59,6 +59,27 @@ pub(crate) fn compile(text: &str, origin: &str) -> Result<Config> {
             .collect(),
     }
     .run(raw)
+}
+
+/// Speaks TOML in serde's messages: tables and arrays, not maps, sequences
+/// and our internal struct names.
+pub(crate) fn tidy(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("expected struct ") {
+        out.push_str(&rest[..i]);
+        out.push_str("expected a table");
+        rest = &rest[i + "expected struct ".len()..];
+        let end = rest
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out.replace("invalid type: map", "invalid type: table")
+        .replace("expected a map", "expected a table")
+        .replace("invalid type: sequence", "invalid type: array")
+        .replace("expected a sequence", "expected an array")
 }
 
 struct Compiler<'a> {
@@ -264,7 +285,7 @@ impl Compiler<'_> {
         }
         if let Some(n) = &raw.max_keys {
             c.max_keys = match usize::try_from(*n.get_ref()) {
-                Ok(n) if (1024..=1 << 32).contains(&n) => n,
+                Ok(n) if (1024..=1 << 32).contains(&(n as u64)) => n,
                 _ => return Err(self.err(span_of(n), "max_keys must be between 1024 and 4294967296")),
             };
         }
@@ -667,7 +688,13 @@ impl Compiler<'_> {
         };
         let mut actions: Vec<(Arc<str>, Vec<Side>)> = Vec::new();
         if let Some(list) = &raw.actions {
-            for a in list {
+            if list.get_ref().is_empty() {
+                return Err(self.err(
+                    span_of(list),
+                    "empty `actions`: leave the key out to match every action",
+                ));
+            }
+            for a in list.get_ref() {
                 let sides = self.any_action(a)?;
                 actions.push((a.get_ref().as_str().into(), sides));
             }

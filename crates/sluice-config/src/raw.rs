@@ -181,7 +181,7 @@ pub(crate) struct RawExempt {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawOverride {
     pub target: S<String>,
-    pub actions: Option<Vec<S<String>>>,
+    pub actions: Option<S<Vec<S<String>>>>,
     pub multiply: Option<S<f64>>,
     pub rate: Option<S<String>>,
     pub unlimited: Option<S<bool>>,

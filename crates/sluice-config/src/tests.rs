@@ -534,6 +534,25 @@ fn syntax_and_unknown_keys() {
     );
     err_at("[store]\nkind = \"etcd\"\n", 2, 8, "unknown variant `etcd`");
     err_at("[privacy]\nlog_ips = \"yes\"\n", 2, 11, "invalid type");
+    err_at(
+        "[limits]\nclient = 5\n",
+        2,
+        10,
+        "invalid type: integer `5`, expected a table",
+    );
+    err_at(
+        "[[limits.client.target]]\nlogin = \"1/1m\"\n",
+        1,
+        1,
+        "invalid type: array, expected a table",
+    );
+    err_at("[store]\nmax_keys = 99999999999999999999\n", 2, 12, "");
+    err_at(
+        "[limits.client.target]\nlogin = \"1/1m\"\nlogin = \"2/1m\"\n",
+        3,
+        1,
+        "duplicate key `login`",
+    );
 }
 
 #[test]
@@ -816,6 +835,12 @@ fn exempt_blocklist_override_errors() {
         "does nothing",
     );
     err_at("[[override]]\nmultiply = 2\n", 1, 1, "missing field `target`");
+    err_at(
+        "[[override]]\ntarget = \"ip:1.2.3.4\"\nactions = []\nmultiply = 2\n",
+        3,
+        11,
+        "empty `actions`",
+    );
 }
 
 #[test]
@@ -1012,9 +1037,67 @@ fn hostile_input_never_panics() {
 }
 
 #[test]
+fn tidy_speaks_toml() {
+    assert_eq!(
+        compile::tidy("invalid type: integer `5`, expected struct RawStore"),
+        "invalid type: integer `5`, expected a table"
+    );
+    assert_eq!(
+        compile::tidy("invalid type: sequence, expected a map"),
+        "invalid type: array, expected a table"
+    );
+}
+
+#[test]
+fn dotted_keys_and_nested_tables_are_the_same_config() {
+    let a = ok("limits.client.target.login = { rate = \"2/1m\", burst = 4 }\n");
+    let b = ok("[limits.client.target.login]\nrate = \"2/1m\"\nburst = 4\n");
+    assert_eq!(a.policy.limits(), b.policy.limits());
+    assert_eq!(
+        kind(&a, "client.target.login.ip"),
+        Some(LimitKind::Rate(
+            "2/1m".parse::<Rate>().unwrap().with_burst(4).unwrap()
+        ))
+    );
+}
+
+#[test]
 fn explicit_target_parses_normalise() {
     let t: Target = "user:@Alice:Example.org".parse().unwrap();
     let c = ok("[exempt]\ntargets = [\"user:@Alice:EXAMPLE.org\"]\n");
     assert!(c.policy.is_exempt(&t));
     assert_eq!(t.to_string(), "user:@Alice:example.org");
+}
+
+mod never_panics {
+    use proptest::prelude::*;
+
+    const EXAMPLE: &str = include_str!("../../../examples/public_medium.toml");
+
+    proptest! {
+        #[test]
+        fn arbitrary_text(text in "(?s).{0,200}") {
+            let _ = crate::parse(&text, "fuzz.toml");
+        }
+
+        #[test]
+        fn toml_shaped_text(text in r#"(\[{1,2}[a-z._]{1,30}\]{1,2}\n|[a-z_]{1,12} = ("[0-9a-zA-Z:/.@ ]{0,20}"|-?[0-9]{1,12}|true|\[\]|\{ ?[a-z]{1,6} = "[0-9/a-z]{0,8}" ?\})\n){0,12}"#) {
+            match crate::parse(&text, "fuzz.toml") {
+                Ok(_) | Err(crate::ConfigError::Invalid { .. }) => {}
+                Err(e) => prop_assert!(false, "{e}"),
+            }
+        }
+
+        #[test]
+        fn one_byte_changed_in_a_real_config(at in 0..EXAMPLE.len(), byte in 0x20u8..0x7f) {
+            let mut bytes = EXAMPLE.as_bytes().to_vec();
+            bytes[at] = byte;
+            if let Ok(text) = String::from_utf8(bytes) {
+                if let Err(crate::ConfigError::Invalid { line, col, message, .. }) = crate::parse(&text, "f.toml") {
+                    prop_assert!(line >= 1 && col >= 1);
+                    prop_assert!(!message.contains('\n'));
+                }
+            }
+        }
+    }
 }
