@@ -30,10 +30,14 @@
 //! earlier ones (subtracting exactly what it added — GCRA consumption is
 //! additive, and a TAT restored to at most `now` is the same as idle). A
 //! concurrent request may see the transient consumption and be denied when a
-//! sequential order would have allowed it: stricter, never looser. Two
-//! threads touching the same brand-new key at the same instant may both claim
-//! a cell; the second cell goes idle unused, and at most that one racing
-//! request is not counted.
+//! sequential order would have allowed it: stricter, never looser. Threads
+//! touching the same brand-new key at once share the first cell claimed for
+//! it (a claimer that meets the key while scanning takes that cell), and a
+//! claimer only overwrites a TAT nobody wrote since its scan, so a request
+//! that found the key a moment early is still counted
+//! (`tests/threads.rs::first_touch_by_racing_threads_is_counted`). Left
+//! open: claimers reading different clock instants may rank the same cells
+//! differently and claim two cells for one key.
 //!
 //! Concurrency slots and leases sit behind one mutex: they are rarer than
 //! rate checks, need all-or-nothing across several counters, and must expire.
@@ -268,6 +272,10 @@ impl MemoryStore {
             'scan: for line in [a, b] {
                 for (way, c) in self.lines[line].cells.iter().enumerate() {
                     let k = c.key.load(Ordering::Acquire);
+                    if k == key {
+                        // Claimed by another thread since `find`: share it.
+                        return (line, way);
+                    }
                     let t = c.tat.load(Ordering::Acquire);
                     let rank = if k == 0 {
                         0
@@ -288,7 +296,7 @@ impl MemoryStore {
                     }
                 }
             }
-            let Some((pos, old_key, _, rank)) = best else {
+            let Some((pos, old_key, seen_tat, rank)) = best else {
                 continue;
             };
             let cell = self.cell(pos);
@@ -298,7 +306,19 @@ impl MemoryStore {
                 .compare_exchange(old_key, key, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                let old_tat = cell.tat.swap(init, Ordering::AcqRel);
+                // The key is visible before its TAT is set: a thread that
+                // finds it in between consumes on top of the old TAT. Only
+                // overwrite a TAT nobody wrote since the scan; otherwise keep
+                // the larger (an own consumption is kept, or the old key's
+                // debt is inherited: stricter, never looser).
+                let old_tat =
+                    match cell
+                        .tat
+                        .compare_exchange(seen_tat, init, Ordering::AcqRel, Ordering::Acquire)
+                    {
+                        Ok(prev) => prev,
+                        Err(_) => cell.tat.fetch_max(init, Ordering::AcqRel),
+                    };
                 if rank > 0 && old_tat > now {
                     self.sketch.fold(old_key, old_tat);
                     self.evictions.fetch_add(1, Ordering::Relaxed);
