@@ -27,6 +27,100 @@ pub enum Command {
     Presets,
     /// Show which limits apply to a request, after overrides, without consuming anything.
     Explain(ExplainArgs),
+    /// Run the decision service (default: private_small preset, in memory, on 127.0.0.1:8470).
+    Serve(ServeArgs),
+    /// The most active targets of a running service (by denials or requests).
+    Top(TopArgs),
+    /// One target's state: every limit, lease and ban.
+    Inspect(InspectArgs),
+    /// Ban targets (from arguments, or one per line on stdin).
+    Ban(BanArgs),
+    /// Lift bans (targets from arguments, or one per line on stdin).
+    Unban(UnbanArgs),
+    /// List the bans in force.
+    Bans(AdminArgs),
+    /// Ask a running service to reload its configuration file.
+    Reload(AdminArgs),
+    /// Print shell completions.
+    Completions(CompletionsArgs),
+}
+
+/// `sluice serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file (default: the private_small preset, in memory).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `sluice_server=debug` (default: warn, or RUST_LOG).
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+/// How the admin commands reach the service.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The service's base URL (default: $SLUICE_SERVER or http://127.0.0.1:8470).
+    #[arg(long, value_name = "URL", global = true)]
+    pub server: Option<String>,
+    /// A file holding the admin bearer token (needed when the service is not on loopback).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `sluice top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Sort by denials or requests.
+    #[arg(long, default_value = "denials", value_parser = ["denials", "requests"])]
+    pub by: String,
+    /// How many rows.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub limit: u64,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// `sluice inspect TARGET`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// kind:value (ip:203.0.113.7, user:@a:example.org, server:example.org) or a hashed label ip#….
+    pub target: String,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// `sluice ban`.
+#[derive(Debug, Args)]
+pub struct BanArgs {
+    /// Targets to ban; none or `-` reads them from stdin, one per line.
+    pub targets: Vec<String>,
+    /// How long: 30m, 1h, 7d, or `forever`.
+    #[arg(long = "for", value_name = "DURATION")]
+    pub duration: String,
+    /// Why (shown to operators and in the ban list).
+    #[arg(long, default_value = "banned by operator")]
+    pub reason: String,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// `sluice unban`.
+#[derive(Debug, Args)]
+pub struct UnbanArgs {
+    /// Targets to unban; none or `-` reads them from stdin, one per line.
+    pub targets: Vec<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// `sluice completions SHELL`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// bash, zsh, fish, elvish or powershell.
+    pub shell: clap_complete::Shell,
 }
 
 /// `sluice check-config FILE`.

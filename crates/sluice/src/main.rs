@@ -13,12 +13,45 @@ use clap::Parser as _;
 
 use crate::cli::{Cli, Command};
 
+fn admin(
+    args: &cli::AdminArgs,
+    f: impl FnOnce(&cmd::admin::Client) -> anyhow::Result<()>,
+) -> anyhow::Result<ExitCode> {
+    let client = cmd::admin::Client::new(
+        &cmd::admin::server_url(args.server.clone()),
+        args.token_file.as_deref(),
+        args.json,
+    )?;
+    f(&client)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::CheckConfig(args) => cmd::config::check_config(&args),
         Command::Presets => cmd::config::presets(),
         Command::Explain(args) => cmd::config::explain(&args),
+        Command::Serve(args) => cmd::serve::run(args.config, args.log_level),
+        Command::Top(a) => admin(&a.admin, |c| c.top(&a.by, a.limit as usize)),
+        Command::Inspect(a) => admin(&a.admin, |c| c.inspect(&a.target)),
+        Command::Ban(a) => admin(&a.admin, |c| {
+            c.ban(
+                cmd::admin::targets_or_stdin(a.targets.clone())?,
+                &a.duration,
+                &a.reason,
+            )
+        }),
+        Command::Unban(a) => admin(&a.admin, |c| {
+            c.unban(cmd::admin::targets_or_stdin(a.targets.clone())?)
+        }),
+        Command::Bans(a) => admin(&a, |c| c.bans()),
+        Command::Reload(a) => admin(&a, |c| c.reload()),
+        Command::Completions(a) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(a.shell, &mut cmd, "sluice", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,
