@@ -54,6 +54,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/check", post(check))
         .route("/v1/acquire", post(acquire))
         .route("/v1/release", post(release))
+        .route("/v1/echo", post(echo))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
@@ -253,6 +254,19 @@ async fn release(State(app): State<App>, body: Body) -> Response {
     match app.engine().release(id) {
         Ok(released) => axum::Json(json!({"released": released})).into_response(),
         Err(e) => engine_error(&app, e),
+    }
+}
+
+/// The HTTP stack's own cost, for load tests: read and parse the body as a
+/// check would, answer a fixed JSON object, decide nothing.
+async fn echo(State(app): State<App>, body: Body) -> Response {
+    let bytes = match body_bytes(&app, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match input::object(&bytes) {
+        Ok(_) => axum::Json(json!({"allowed": true, "retry_after_ms": 0, "limits": []})).into_response(),
+        Err(e) => bad(&app, e),
     }
 }
 
