@@ -177,21 +177,23 @@ impl<'a> StoreBench<'a> {
     pub fn new(max_keys: usize, clock: &CoarseClock, seqs: &'a Seqs, seed: u64) -> Self {
         let bucket = |key: u64, limit: &str, rate: Rate| Bucket {
             key,
-            limit: Arc::from(limit),
+            limit: sluice_core::policy::intern(limit),
             target: Target::Global,
             gcra: rate.gcra(),
             cost: 1,
             shadow: false,
         };
         let batch = Batch {
-            buckets: vec![
+            buckets: [
                 bucket(1, "client.target.login.ip", per_sec(TARGET_PER_SEC)),
                 bucket(
                     mix64(seed ^ 0x676C_6F62_616C).max(1),
                     "client.global.login",
                     per_sec(GLOBAL_PER_SEC),
                 ),
-            ],
+            ]
+            .into_iter()
+            .collect(),
             ..Batch::default()
         };
         Self {

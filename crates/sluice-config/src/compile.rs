@@ -631,7 +631,7 @@ impl Compiler<'_> {
             let rate = self.byte_rate_or_off(pi)?;
             limits.retain(|l| {
                 !(l.side == side
-                    && &*l.action == "bandwidth"
+                    && l.action == "bandwidth"
                     && matches!(l.kind, LimitKind::Rate(_))
                     && !matches!(l.scope, Scope::Global))
             });

@@ -27,7 +27,7 @@
 //! let reg = config
 //!     .policy
 //!     .limits_for(Side::Client, "registration")
-//!     .find(|l| &*l.name == "client.target.registration.ip")
+//!     .find(|l| l.name == "client.target.registration.ip")
 //!     .map(|l| l.kind);
 //! assert_eq!(reg, Some(LimitKind::Rate("1/10m".parse()?)));
 //!

@@ -382,7 +382,7 @@ mod tests {
             c.policy
                 .limits()
                 .iter()
-                .find(|l| &*l.name == name)
+                .find(|l| l.name == name)
                 .map(|l| l.kind)
                 .unwrap_or_else(|| panic!("{name} missing"))
         };
@@ -424,7 +424,7 @@ mod tests {
             assert!(first.contains(p.as_str()));
         }
         for l in limits(Preset::PrivateSmall) {
-            assert!(t.contains(&*l.name), "{} missing", l.name);
+            assert!(t.contains(l.name), "{} missing", l.name);
         }
         assert!(t.contains("bandwidth.federation.per_connection"));
         assert!(t.contains("autoban.client.authentication_failure.ip"));

@@ -41,11 +41,7 @@ fn err_at(text: &str, line: usize, col: usize, needle: &str) {
 }
 
 fn kind(c: &Config, name: &str) -> Option<LimitKind> {
-    c.policy
-        .limits()
-        .iter()
-        .find(|l| &*l.name == name)
-        .map(|l| l.kind)
+    c.policy.limits().iter().find(|l| l.name == name).map(|l| l.kind)
 }
 
 fn rate(s: &str) -> LimitKind {
@@ -176,7 +172,7 @@ fn table_form_with_burst_shadow_and_per() {
         .policy
         .limits()
         .iter()
-        .find(|l| &*l.name == "client.target.login.user")
+        .find(|l| l.name == "client.target.login.user")
         .unwrap();
     assert!(l.shadow);
     assert_eq!(l.scope, Scope::Target(Per::Kind(TargetKind::User)));
@@ -262,7 +258,7 @@ transaction = [{ max = 3, per = "server" }, { max = 10, per = "ip" }]
         .policy
         .limits()
         .iter()
-        .any(|l| &*l.name == "client.concurrent.request.user" && l.shadow));
+        .any(|l| l.name == "client.concurrent.request.user" && l.shadow));
     assert_eq!(kind(&c, "client.concurrent.media_create.user"), None);
     assert_eq!(
         kind(&c, "federation.concurrent.connection.global"),
@@ -365,7 +361,7 @@ multiply = 4
     let plan = engine.plan(&req, Mode::DryRun).unwrap();
     let applied = plan.applied();
     assert_eq!(applied.len(), 1);
-    assert_eq!(&*applied[0].0, "client.target.login.ip");
+    assert_eq!(applied[0].0, "client.target.login.ip");
     assert_eq!(applied[0].2, rate("40/1m"));
 }
 

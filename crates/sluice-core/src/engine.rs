@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use smallvec::SmallVec;
 
 use crate::bans::{Ban, BanSource, Bans};
 use crate::gcra::{Gcra, Verdict};
@@ -121,7 +122,7 @@ impl LimitOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitReport {
     /// The limit's name.
-    pub name: Arc<str>,
+    pub name: &'static str,
     /// The target it counted.
     pub target: Target,
     /// Bucket size (rates) or the cap (concurrency).
@@ -150,9 +151,9 @@ pub enum Reason {
     /// A target is on the configured blocklist.
     Blocked(Target),
     /// A limit denied it (the one with the longest wait).
-    Limited(Arc<str>),
+    Limited(&'static str),
     /// The cost exceeds a limit's bucket size: it can never pass as is.
-    TooLarge(Arc<str>),
+    TooLarge(&'static str),
 }
 
 /// The answer to a request.
@@ -165,8 +166,8 @@ pub struct Decision {
     pub retry_after: Duration,
     /// Why.
     pub reason: Reason,
-    /// Every limit that applied.
-    pub limits: Vec<LimitReport>,
+    /// Every limit that applied (inline up to four: no allocation).
+    pub limits: SmallVec<[LimitReport; 4]>,
     /// The lease taken, for acquire requests that were allowed.
     pub lease: Option<Lease>,
     /// A ban this decision triggered (automatic bans).
@@ -179,7 +180,7 @@ impl Decision {
             allowed,
             retry_after,
             reason,
-            limits: Vec::new(),
+            limits: SmallVec::new(),
             lease: None,
             banned: None,
         }
@@ -258,50 +259,64 @@ struct Entry {
     window: Option<Duration>,
 }
 
+/// The policy-independent part of a plan; borrowed-policy fast path and
+/// owned [`Plan`] share it.
+#[derive(Debug)]
+struct Core {
+    side: Side,
+    targets: SmallVec<[Target; 4]>,
+    batch: Batch,
+    entries: SmallVec<[Entry; 4]>,
+    early: Option<Decision>,
+    now: Nanos,
+}
+
+impl Core {
+    fn needs_store(&self) -> bool {
+        self.early.is_none() && !(self.batch.buckets.is_empty() && self.batch.slots.is_empty())
+    }
+}
+
 /// A decision in the making: what to ask the store. See [`Engine::plan`].
 #[derive(Debug)]
 pub struct Plan {
     compiled: Arc<Compiled>,
-    side: Side,
-    targets: Vec<Target>,
-    batch: Batch,
-    entries: Vec<Entry>,
-    early: Option<Decision>,
-    now: Nanos,
+    core: Core,
 }
 
 impl Plan {
     /// The store request; empty when the decision needs no store (exempt,
     /// banned, or no limit applies).
     pub fn batch(&self) -> &Batch {
-        &self.batch
+        &self.core.batch
     }
 
     /// Whether the store must be asked.
     pub fn needs_store(&self) -> bool {
-        self.early.is_none() && !(self.batch.buckets.is_empty() && self.batch.slots.is_empty())
+        self.core.needs_store()
     }
 
     /// The time the plan was made at (the store decides at this instant).
     pub fn now(&self) -> Nanos {
-        self.now
+        self.core.now
     }
 
     /// The normalised targets of the request.
     pub fn targets(&self) -> &[Target] {
-        &self.targets
+        &self.core.targets
     }
 
     /// The limits that apply, with the targets and effective limits
     /// (after overrides): `(name, target, kind, shadow)`.
-    pub fn applied(&self) -> Vec<(Arc<str>, Target, LimitKind, bool)> {
-        self.entries
+    pub fn applied(&self) -> Vec<(&'static str, Target, LimitKind, bool)> {
+        let core = &self.core;
+        core.entries
             .iter()
             .map(|e| {
                 let l = &self.compiled.policy.limits()[e.limit];
                 match e.place {
                     Place::Bucket(i) => {
-                        let b = &self.batch.buckets[i];
+                        let b = &core.batch.buckets[i];
                         let rate = match l.kind {
                             LimitKind::Rate(r) => r,
                             LimitKind::Concurrency(_) => unreachable_rate(),
@@ -313,21 +328,11 @@ impl Plan {
                         )
                         .and_then(|r| r.with_burst(b.gcra.burst()))
                         .unwrap_or(rate);
-                        (
-                            l.name.clone(),
-                            b.target.clone(),
-                            LimitKind::Rate(effective),
-                            b.shadow,
-                        )
+                        (l.name, b.target.clone(), LimitKind::Rate(effective), b.shadow)
                     }
                     Place::Slot(i) => {
-                        let s = &self.batch.slots[i];
-                        (
-                            l.name.clone(),
-                            s.target.clone(),
-                            LimitKind::Concurrency(s.max),
-                            s.shadow,
-                        )
+                        let s = &core.batch.slots[i];
+                        (l.name, s.target.clone(), LimitKind::Concurrency(s.max), s.shadow)
                     }
                 }
             })
@@ -336,7 +341,7 @@ impl Plan {
 
     /// The decision already known without the store (exempt, banned, blocked).
     pub fn early(&self) -> Option<&Decision> {
-        self.early.as_ref()
+        self.core.early.as_ref()
     }
 }
 
@@ -375,7 +380,7 @@ struct Inner {
 #[derive(Default)]
 struct AutobanState {
     /// Denial counters: GCRA TAT per (action, target).
-    counters: HashMap<(Arc<str>, Target), Nanos>,
+    counters: HashMap<(&'static str, Target), Nanos>,
     /// Repeat offenders: (bans so far, end of the last ban).
     offenses: HashMap<Target, (u32, Nanos)>,
 }
@@ -444,7 +449,7 @@ impl Engine {
         let name_hashes = policy
             .limits()
             .iter()
-            .map(|l| Policy::name_hash(hasher, &l.name))
+            .map(|l| Policy::name_hash(hasher, l.name))
             .collect();
         Compiled { policy, name_hashes }
     }
@@ -515,21 +520,26 @@ impl Engine {
     }
 
     /// Plans a decision: resolves targets, exemptions, bans and the limits
-    /// that apply, without touching the store.
+    /// that apply, without touching the store. For callers whose store is
+    /// asynchronous; [`Engine::decide`] does plan, store and finish in one.
     pub fn plan(&self, req: &Request<'_>, mode: Mode) -> Result<Plan, EngineError> {
         let compiled = self.inner.compiled.load_full();
+        let core = self.plan_in(&compiled, req, mode)?;
+        Ok(Plan { compiled, core })
+    }
+
+    fn plan_in(&self, compiled: &Compiled, req: &Request<'_>, mode: Mode) -> Result<Core, EngineError> {
         let policy = &compiled.policy;
-        let Some(_default_per) = policy.action(req.side, req.action) else {
+        let Some(indexes) = policy.action_limits(req.side, req.action) else {
             return Err(EngineError::UnknownAction {
                 side: req.side,
                 action: req.action.to_owned(),
             });
         };
         let now = self.now();
-        let norm = policy.normalizer();
-        let mut targets: Vec<Target> = Vec::with_capacity(4);
+        let mut targets: SmallVec<[Target; 4]> = SmallVec::new();
         if let Some(ip) = req.targets.ip {
-            targets.push(norm.ip_target(ip));
+            targets.push(policy.normalizer().ip_target(ip));
         }
         targets.extend(
             [&req.targets.user, &req.targets.server, &req.targets.appservice]
@@ -537,17 +547,16 @@ impl Engine {
                 .flatten()
                 .cloned(),
         );
-        let mut plan = Plan {
+        let mut plan = Core {
             side: req.side,
             targets,
             batch: Batch {
                 dry_run: mode == Mode::DryRun,
                 ..Batch::default()
             },
-            entries: Vec::new(),
+            entries: SmallVec::new(),
             early: None,
             now,
-            compiled: compiled.clone(),
         };
         if let Some(t) = plan.targets.iter().find(|t| policy.is_exempt(t)) {
             plan.early = Some(Decision::early(true, Duration::ZERO, Reason::Exempt(t.clone())));
@@ -565,9 +574,16 @@ impl Engine {
             return Ok(plan);
         }
         let anonymous = req.targets.user.is_none() && req.targets.appservice.is_none();
+        let has_overrides = !policy.overrides().is_empty();
         let mut hashes: [Option<u64>; 5] = [None; 5];
-        for &i in policy.limit_indexes(req.side, req.action) {
+        for &i in indexes {
             let limit = &policy.limits()[i];
+            if matches!(
+                (limit.kind, mode),
+                (LimitKind::Concurrency(_), Mode::Check | Mode::DryRun)
+            ) {
+                continue;
+            }
             let target = match limit.scope {
                 Scope::Global => Some(Target::Global),
                 Scope::Target(Per::Kind(k)) => plan.targets.iter().find(|t| t.kind() == k).cloned(),
@@ -578,8 +594,10 @@ impl Engine {
             };
             let Some(target) = target else { continue };
             let effect = match limit.scope {
-                Scope::Global => None,
-                Scope::Target(_) => policy.override_for(&target, req.action).map(|o| o.effect),
+                Scope::Target(_) if has_overrides => {
+                    policy.override_for(&target, req.action).map(|o| o.effect)
+                }
+                _ => None,
             };
             if effect == Some(Effect::Unlimited) {
                 continue;
@@ -587,8 +605,8 @@ impl Engine {
             let kind_ix = target.kind() as usize;
             let th = *hashes[kind_ix].get_or_insert_with(|| self.target_hash(&target));
             let key = mix(compiled.name_hashes[i], th);
-            match (limit.kind, mode) {
-                (LimitKind::Rate(rate), _) => {
+            match limit.kind {
+                LimitKind::Rate(rate) => {
                     let rate = match effect {
                         Some(Effect::Multiply(f)) => rate.scaled(f),
                         Some(Effect::Replace(r)) => r,
@@ -601,7 +619,7 @@ impl Engine {
                     });
                     plan.batch.buckets.push(Bucket {
                         key,
-                        limit: limit.name.clone(),
+                        limit: limit.name,
                         target,
                         gcra: rate.gcra(),
                         cost: if matches!(mode, Mode::Acquire { .. }) {
@@ -612,7 +630,7 @@ impl Engine {
                         shadow: limit.shadow,
                     });
                 }
-                (LimitKind::Concurrency(max), Mode::Acquire { .. }) => {
+                LimitKind::Concurrency(max) => {
                     let max = match effect {
                         Some(Effect::Multiply(f)) => scale_cap(max, f),
                         _ => max,
@@ -624,13 +642,12 @@ impl Engine {
                     });
                     plan.batch.slots.push(Slot {
                         key,
-                        limit: limit.name.clone(),
+                        limit: limit.name,
                         target,
                         max,
                         shadow: limit.shadow,
                     });
                 }
-                (LimitKind::Concurrency(_), _) => {}
             }
         }
         if let Mode::Acquire { ttl } = mode {
@@ -645,14 +662,18 @@ impl Engine {
 
     /// Turns the store's answer into a decision, and applies automatic bans.
     pub fn finish(&self, plan: Plan, outcome: Outcome) -> Decision {
+        self.finish_in(&plan.compiled, plan.core, outcome)
+    }
+
+    fn finish_in(&self, compiled: &Compiled, plan: Core, outcome: Outcome) -> Decision {
         if let Some(d) = plan.early {
             return d;
         }
-        let policy = &plan.compiled.policy;
+        let policy = &compiled.policy;
         let now = plan.now;
-        let mut limits = Vec::with_capacity(plan.entries.len());
+        let mut limits: SmallVec<[LimitReport; 4]> = SmallVec::new();
         let mut allowed = true;
-        let mut worst: Option<(Duration, Arc<str>, bool)> = None;
+        let mut worst: Option<(Duration, &'static str, bool)> = None;
         for e in &plan.entries {
             let l = &policy.limits()[e.limit];
             let (ok, retry, report) = match e.place {
@@ -666,7 +687,7 @@ impl Engine {
                         None => Duration::MAX,
                     };
                     let report = LimitReport {
-                        name: l.name.clone(),
+                        name: l.name,
                         target: b.target.clone(),
                         limit: b.gcra.burst(),
                         window: e.window,
@@ -683,7 +704,7 @@ impl Engine {
                     let ok = r.is_none_or(|r| r.allowed);
                     let held = r.map_or(0, |r| r.held);
                     let report = LimitReport {
-                        name: l.name.clone(),
+                        name: l.name,
                         target: s.target.clone(),
                         limit: u64::from(s.max),
                         window: None,
@@ -705,7 +726,7 @@ impl Engine {
                     allowed = false;
                     let impossible = retry == Duration::MAX;
                     if worst.as_ref().is_none_or(|(w, _, _)| retry > *w) {
-                        worst = Some((retry, l.name.clone(), impossible));
+                        worst = Some((retry, l.name, impossible));
                     }
                 }
             }
@@ -713,12 +734,11 @@ impl Engine {
         }
         if plan.batch.dry_run {
             // A dry run's store answer is per bucket; nothing was committed.
-        } else if allowed && !outcome.committed && (plan.needs_store()) {
+        } else if allowed && !outcome.committed && plan.needs_store() {
             // The store refused as a whole (e.g. a race undone): treat as denied.
             allowed = false;
         }
         let (retry_after, reason) = match worst {
-            None if allowed => (Duration::ZERO, Reason::Allowed),
             None => (Duration::ZERO, Reason::Allowed),
             Some((retry, name, true)) => (retry, Reason::TooLarge(name)),
             Some((retry, name, false)) => (retry, Reason::Limited(name)),
@@ -728,9 +748,17 @@ impl Engine {
             _ => None,
         };
         let banned = match plan.entries.first() {
-            Some(e) if !allowed && !plan.batch.dry_run => {
-                let action = &policy.limits()[e.limit].action;
-                self.autoban(policy, plan.side, action, &plan.targets, now)
+            Some(e) if !allowed && !plan.batch.dry_run && !policy.autobans().is_empty() => {
+                let action = policy.limits()[e.limit].action;
+                // Only denials by a limit that counts a target itself count
+                // towards that target's ban: a global limit running dry is
+                // not any one client's fault.
+                let culprits: SmallVec<[TargetKind; 4]> = limits
+                    .iter()
+                    .filter(|l| l.outcome == LimitOutcome::Denied && l.target != Target::Global)
+                    .map(|l| l.target.kind())
+                    .collect();
+                self.autoban(policy, plan.side, action, &plan.targets, &culprits, now)
             }
             _ => None,
         };
@@ -748,8 +776,9 @@ impl Engine {
         &self,
         policy: &Policy,
         side: Side,
-        action: &Arc<str>,
+        action: &'static str,
         targets: &[Target],
+        culprits: &[TargetKind],
         now: Nanos,
     ) -> Option<Ban> {
         let rules = policy.autobans();
@@ -759,7 +788,10 @@ impl Engine {
         let mut st = self.inner.autoban.lock().unwrap_or_else(|p| p.into_inner());
         let mut placed = None;
         for rule in rules {
-            if rule.action != *action || rule.side.is_some_and(|s| s != side) {
+            if *rule.action != *action
+                || rule.side.is_some_and(|s| s != side)
+                || !culprits.contains(&rule.per)
+            {
                 continue;
             }
             let Some(target) = targets.iter().find(|t| t.kind() == rule.per) else {
@@ -774,7 +806,7 @@ impl Engine {
                 // Still full of live counters: refuse to grow; count nothing new.
                 continue;
             }
-            let key = (action.clone(), target.clone());
+            let key = (action, target.clone());
             let tat = st.counters.get(&key).copied().unwrap_or(0);
             let trip = match g.check(tat, now, 1) {
                 Verdict::Allow { new_tat } => {
@@ -821,13 +853,16 @@ impl Engine {
 
     /// Plans, asks the store and finishes: one decision.
     pub fn decide(&self, req: &Request<'_>, mode: Mode) -> Result<Decision, EngineError> {
-        let plan = self.plan(req, mode)?;
-        let outcome = if plan.needs_store() {
-            self.inner.store.decide(plan.batch(), plan.now())?
+        // A borrowed guard, not an owned Arc: no shared reference count for
+        // every thread to bump on every decision.
+        let compiled = self.inner.compiled.load();
+        let core = self.plan_in(&compiled, req, mode)?;
+        let outcome = if core.needs_store() {
+            self.inner.store.decide(&core.batch, core.now)?
         } else {
             Outcome::default()
         };
-        Ok(self.finish(plan, outcome))
+        Ok(self.finish_in(&compiled, core, outcome))
     }
 
     /// Checks and consumes.
@@ -890,7 +925,7 @@ impl Engine {
             }
             let effect = match l.scope {
                 Scope::Global => None,
-                Scope::Target(_) => compiled.policy.override_for(target, &l.action).map(|o| o.effect),
+                Scope::Target(_) => compiled.policy.override_for(target, l.action).map(|o| o.effect),
             };
             if effect == Some(Effect::Unlimited) {
                 continue;
@@ -905,7 +940,7 @@ impl Engine {
                     };
                     let b = Bucket {
                         key,
-                        limit: l.name.clone(),
+                        limit: l.name,
                         target: target.clone(),
                         gcra: rate.gcra(),
                         cost: 1,
@@ -914,7 +949,7 @@ impl Engine {
                     let tat = self.inner.store.peek(&b, now)?;
                     let snap = b.gcra.snapshot(tat, now);
                     out.push(LimitReport {
-                        name: l.name.clone(),
+                        name: l.name,
                         target: target.clone(),
                         limit: rate.burst(),
                         window: Some(rate.period()),
@@ -935,14 +970,14 @@ impl Engine {
                     };
                     let s = Slot {
                         key,
-                        limit: l.name.clone(),
+                        limit: l.name,
                         target: target.clone(),
                         max,
                         shadow: l.shadow,
                     };
                     let held = self.inner.store.held(&s, now)?;
                     out.push(LimitReport {
-                        name: l.name.clone(),
+                        name: l.name,
                         target: target.clone(),
                         limit: u64::from(max),
                         window: None,

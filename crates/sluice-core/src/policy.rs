@@ -9,6 +9,7 @@ use std::fmt;
 use std::hash::BuildHasher;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -146,12 +147,12 @@ pub enum LimitKind {
 pub struct Limit {
     /// Stable name: `client.target.registration.ip`, `client.global.invite`,
     /// `client.concurrent.request.user`. Counters are keyed by name, so a
-    /// reload that keeps a name keeps its counters.
-    pub name: Arc<str>,
+    /// reload that keeps a name keeps its counters. Interned (see [`intern`]).
+    pub name: &'static str,
     /// Client or federation.
     pub side: Side,
-    /// The action it limits.
-    pub action: Arc<str>,
+    /// The action it limits (interned).
+    pub action: &'static str,
     /// Per target or global.
     pub scope: Scope,
     /// Rate or concurrency.
@@ -172,9 +173,9 @@ impl Limit {
             (LimitKind::Concurrency(_), Scope::Global) => format!("{side}.concurrent.{action}.global"),
         };
         Self {
-            name: name.into(),
+            name: intern(&name),
             side,
-            action: action.into(),
+            action: intern(action),
             scope,
             kind,
             shadow: false,
@@ -259,14 +260,38 @@ pub struct AutobanRule {
     pub forget_after: Duration,
 }
 
+/// Interns a name: limit and action names live for the whole process, so
+/// decisions carry `&'static str` instead of reference-counted strings — no
+/// shared counter for every thread to bump on every decision. Names are
+/// few and reloads rare; a reload with the same names adds nothing.
+pub fn intern(s: &str) -> &'static str {
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut set = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = set.get(s) {
+        return n;
+    }
+    let leaked: &'static str = Box::leak(s.to_owned().into_boxed_str());
+    set.insert(leaked);
+    leaked
+}
+
+#[derive(Debug, Clone, Default)]
+struct ActionEntry {
+    per: [Option<Per>; 2],
+    limits: [Vec<usize>; 2],
+}
+
 /// The whole policy.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     limits: Vec<Limit>,
-    /// Limit indexes per action, `[client, federation]`; keyed by `str` so
-    /// the hot path looks up without allocating.
-    by_action: HashMap<Box<str>, [Vec<usize>; 2]>,
-    actions: HashMap<Box<str>, [Option<Per>; 2]>,
+    /// Per action: its default target and limit indexes, `[client,
+    /// federation]`. One lookup on the hot path, keyed by `str` so it does
+    /// not allocate; foldhash because the keys are few and fixed.
+    actions: HashMap<&'static str, ActionEntry, foldhash::fast::RandomState>,
     exempt_networks: Vec<IpNet>,
     exempt_targets: HashSet<Target>,
     blocked: Vec<Matcher>,
@@ -294,9 +319,9 @@ pub enum PolicyError {
 impl Policy {
     /// An empty policy with the built-in actions: nothing limited.
     pub fn builder() -> PolicyBuilder {
-        let mut actions: HashMap<Box<str>, [Option<Per>; 2]> = HashMap::new();
+        let mut actions: HashMap<&'static str, ActionEntry, _> = HashMap::default();
         for (side, action, per) in BUILTIN_ACTIONS {
-            actions.entry((*action).into()).or_default()[*side as usize] = Some(*per);
+            actions.entry(*action).or_insert_with(ActionEntry::default).per[*side as usize] = Some(*per);
         }
         PolicyBuilder {
             policy: Policy {
@@ -321,14 +346,20 @@ impl Policy {
 
     /// Indexes into [`Policy::limits`] of one action's limits.
     pub fn limit_indexes(&self, side: Side, action: &str) -> &[usize] {
-        self.by_action
-            .get(action)
-            .map_or(&[][..], |per_side| &per_side[side as usize][..])
+        self.action_limits(side, action).unwrap_or(&[])
+    }
+
+    /// The limit indexes of an action, or `None` if the action is unknown
+    /// on that side: the hot path's one lookup.
+    #[inline]
+    pub fn action_limits(&self, side: Side, action: &str) -> Option<&[usize]> {
+        let e = self.actions.get(action)?;
+        e.per[side as usize].map(|_| &e.limits[side as usize][..])
     }
 
     /// Whether an action exists on a side, and whom it counts by default.
     pub fn action(&self, side: Side, action: &str) -> Option<Per> {
-        self.actions.get(action).and_then(|a| a[side as usize])
+        self.actions.get(action).and_then(|a| a.per[side as usize])
     }
 
     /// Every known action, sorted: `(side, action, default target)`.
@@ -336,10 +367,10 @@ impl Policy {
         let mut v: Vec<_> = self
             .actions
             .iter()
-            .flat_map(|(a, per)| {
+            .flat_map(|(a, e)| {
                 Side::ALL
                     .into_iter()
-                    .filter_map(move |s| per[s as usize].map(|p| (s, a.to_string(), p)))
+                    .filter_map(move |s| e.per[s as usize].map(|p| (s, a.to_string(), p)))
             })
             .collect();
         v.sort();
@@ -404,29 +435,29 @@ impl Policy {
 #[derive(Debug)]
 pub struct PolicyBuilder {
     policy: Policy,
-    names: HashSet<Arc<str>>,
+    names: HashSet<&'static str>,
 }
 
 impl PolicyBuilder {
     /// Declares a custom action (or changes a built-in's default target).
     pub fn action(mut self, side: Side, action: &str, per: Per) -> Self {
-        self.policy.actions.entry(action.into()).or_default()[side as usize] = Some(per);
+        self.policy.actions.entry(intern(action)).or_default().per[side as usize] = Some(per);
         self
     }
 
     /// Adds a limit. Its action must be known.
     pub fn limit(mut self, limit: Limit) -> Result<Self, PolicyError> {
-        if self.policy.action(limit.side, &limit.action).is_none() {
+        if self.policy.action(limit.side, limit.action).is_none() {
             return Err(PolicyError::UnknownAction {
                 side: limit.side,
                 action: limit.action.to_string(),
             });
         }
-        if !self.names.insert(limit.name.clone()) {
+        if !self.names.insert(limit.name) {
             return Err(PolicyError::Duplicate(limit.name.to_string()));
         }
         let i = self.policy.limits.len();
-        self.policy.by_action.entry((*limit.action).into()).or_default()[limit.side as usize].push(i);
+        self.policy.actions.entry(limit.action).or_default().limits[limit.side as usize].push(i);
         self.policy.limits.push(limit);
         Ok(self)
     }
@@ -435,10 +466,12 @@ impl PolicyBuilder {
     pub fn remove(mut self, name: &str) -> Self {
         if self.names.remove(name) {
             let limits = std::mem::take(&mut self.policy.limits);
-            self.policy.by_action.clear();
-            for l in limits.into_iter().filter(|l| &*l.name != name) {
+            for e in self.policy.actions.values_mut() {
+                e.limits = Default::default();
+            }
+            for l in limits.into_iter().filter(|l| l.name != name) {
                 let i = self.policy.limits.len();
-                self.policy.by_action.entry((*l.action).into()).or_default()[l.side as usize].push(i);
+                self.policy.actions.entry(l.action).or_default().limits[l.side as usize].push(i);
                 self.policy.limits.push(l);
             }
         }
@@ -505,16 +538,16 @@ mod tests {
             Scope::Target(Per::Kind(TargetKind::Ip)),
             LimitKind::Rate(r),
         );
-        assert_eq!(&*l.name, "client.target.registration.ip");
+        assert_eq!(l.name, "client.target.registration.ip");
         let g = Limit::new(Side::Client, "invite", Scope::Global, LimitKind::Rate(r));
-        assert_eq!(&*g.name, "client.global.invite");
+        assert_eq!(g.name, "client.global.invite");
         let c = Limit::new(
             Side::Client,
             "request",
             Scope::Target(Per::Kind(TargetKind::User)),
             LimitKind::Concurrency(4),
         );
-        assert_eq!(&*c.name, "client.concurrent.request.user");
+        assert_eq!(c.name, "client.concurrent.request.user");
     }
 
     #[test]

@@ -10,6 +10,8 @@
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::gcra::{Gcra, Snapshot};
 use crate::target::Target;
 use crate::time::Nanos;
@@ -21,7 +23,7 @@ pub struct Bucket {
     /// is randomly seeded per engine, so nobody can choose colliding keys.
     pub key: u64,
     /// The limit's name: with `target`, a remote store's stable key.
-    pub limit: Arc<str>,
+    pub limit: &'static str,
     /// The target counted (`Target::Global` for global limits).
     pub target: Target,
     /// Rate parameters (after overrides).
@@ -39,7 +41,7 @@ pub struct Slot {
     /// Keyed hash of (limit name, target).
     pub key: u64,
     /// The limit's name.
-    pub limit: Arc<str>,
+    pub limit: &'static str,
     /// The target counted.
     pub target: Target,
     /// At most this many holders at once.
@@ -48,6 +50,13 @@ pub struct Slot {
     pub shadow: bool,
 }
 
+/// A decision's buckets: inline up to four (a decision rarely has more), so
+/// the decision path does not allocate.
+pub type Buckets = SmallVec<[Bucket; 4]>;
+
+/// A decision's concurrency slots, inline up to two.
+pub type Slots = SmallVec<[Slot; 2]>;
+
 /// A lease's identity: chosen by the engine, unguessable.
 pub type LeaseId = u128;
 
@@ -55,9 +64,9 @@ pub type LeaseId = u128;
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     /// Rate buckets, all-or-nothing.
-    pub buckets: Vec<Bucket>,
+    pub buckets: Buckets,
     /// Concurrency slots, all-or-nothing together with the buckets.
-    pub slots: Vec<Slot>,
+    pub slots: Slots,
     /// The lease to record when everything allows, with its expiry.
     pub lease: Option<(LeaseId, Nanos)>,
     /// Evaluate only; consume nothing (a dry run).
@@ -88,9 +97,9 @@ pub struct SlotResult {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
     /// Per bucket.
-    pub buckets: Vec<BucketResult>,
+    pub buckets: SmallVec<[BucketResult; 4]>,
     /// Per slot.
-    pub slots: Vec<SlotResult>,
+    pub slots: SmallVec<[SlotResult; 2]>,
     /// Whether anything was consumed (and the lease recorded).
     pub committed: bool,
 }

@@ -10,14 +10,18 @@
 //! but never by more than the largest debt folded, and once that debt has
 //! lapsed everything starts fresh again.
 //!
-//! Measured here, and worth knowing: under a sustained flood of distinct
-//! keys far beyond the sketch's width, the over-estimates compound (a fresh
-//! key inherits an inflated estimate, adds its own cost, and is folded back),
-//! so the sketch converges towards `now + burst·T` and *every* new key starts
-//! with an empty bucket. The bounds that still hold, and are asserted: the
-//! table never exceeds `max_keys`; a denied fresh key waits at most one
-//! emission interval `T` (so it keeps one request per `T`); and one bucket
-//! window (`burst·T`) after the flood stops, every key starts full again.
+//! Which evicted keys are folded (see `memory.rs`): only *heavy* ones, that
+//! have used more than half of their bucket at some point. Folding every
+//! key made the estimates compound under a flood of distinct keys (a fresh
+//! key inherited an inflated estimate, added its own cost and was folded
+//! back), until every new client started with an empty bucket: measured at
+//! 135k of 200k fresh keys denied here, 84% in the 10M-address benchmark.
+//! With heavy-only folding a flood of one-off clients leaves the sketch
+//! empty and every fresh key starts full, while a key at or near its limit
+//! keeps its debt through any number of evictions. The price, asserted
+//! below: a key evicted while it has used at most half of its bucket comes
+//! back with a full one — at most burst/2 extra per eviction, and each
+//! eviction costs whoever forces it a table's worth of fresh keys.
 
 #![allow(clippy::unwrap_used, reason = "test helpers unwrap fixed, valid inputs")]
 
@@ -66,9 +70,6 @@ fn max_keys_holds_under_a_flood_of_fresh_ipv6_networks() {
         let d = e.check(&login(net64(i))).unwrap();
         if !d.allowed {
             denied += 1;
-            // A fresh key is never charged more than the largest debt folded
-            // into the sketch: one request of 10/1h is 6 minutes.
-            assert!(d.retry_after <= Duration::from_secs(360), "{:?}", d.retry_after);
         }
         if i % 1000 == 999 {
             clock.advance(Duration::from_millis(1));
@@ -92,7 +93,13 @@ fn max_keys_holds_under_a_flood_of_fresh_ipv6_networks() {
         let d = e.dry_run(&login(net64(2_000_000 + i))).unwrap();
         probe[d.limits[0].remaining as usize] += 1;
     }
-    eprintln!("right after the flood, fresh keys' remaining (0..=10): {probe:?}");
+    // A flood of one-off clients leaves nothing in the sketch: every new
+    // client, during and right after it, starts with a full bucket.
+    assert_eq!(denied, 0, "fresh keys denied during the flood");
+    assert_eq!(
+        probe[10], 1000,
+        "fresh keys' remaining right after the flood: {probe:?}"
+    );
     // Every debt lapses within one bucket window (tau = 1 h): nothing is
     // live and fresh keys are admitted with a full burst again.
     clock.advance(Duration::from_secs(3600));
@@ -106,7 +113,6 @@ fn max_keys_holds_under_a_flood_of_fresh_ipv6_networks() {
             "fresh key after the flood started charged"
         );
     }
-    eprintln!("flood: {denied} of 200000 single-request fresh keys denied by sketch over-estimates");
 }
 
 /// "15 of 30 through a limit of 10 under cache pressure": an abuser at its
@@ -114,38 +120,49 @@ fn max_keys_holds_under_a_flood_of_fresh_ipv6_networks() {
 /// fresh burst when it comes back.
 #[test]
 fn an_evicted_limited_key_stays_limited() {
-    let (e, store, _clock) = engine("10/1h", 256);
+    let (e, store, clock) = engine("10/1h", 256);
     let abuser = login("203.0.113.66".parse().unwrap());
-    let mut passed = 0;
     let mut fresh = 0u64;
-    for _ in 0..30 {
-        passed += usize::from(e.check(&abuser).unwrap().allowed);
-        // Twice the table's capacity of fresh keys between two attempts.
-        for _ in 0..512 {
+    let mut flood = |n: usize| {
+        for _ in 0..n {
             e.check(&login(net64(fresh))).unwrap();
             fresh += 1;
         }
+    };
+    let mut passed = 0;
+    for _ in 0..30 {
+        passed += usize::from(e.check(&abuser).unwrap().allowed);
     }
-    assert!(store.stats().evictions > 30 * 256, "no cache pressure");
-    assert!(
-        passed <= 10,
-        "{passed} of 30 through a limit of 10 under cache pressure"
-    );
-    // Tight, too: the abuser's debt is the largest folded, so the sketch
-    // gives it back exactly — it got its 10 and must wait one interval.
     assert_eq!(passed, 10);
+    // Twice the table's capacity of fresh keys between two attempts.
+    for _ in 0..20 {
+        flood(512);
+        assert!(
+            !e.check(&abuser).unwrap().allowed,
+            "evicted abuser got a fresh burst"
+        );
+    }
+    assert!(store.stats().evictions > 20 * 256, "no cache pressure");
+    // Tight, too: the sketch gives the debt back exactly — one interval to wait.
     let d = e.check(&abuser).unwrap();
-    assert!(!d.allowed);
     assert_eq!(d.retry_after, Duration::from_secs(360));
+    clock.advance(Duration::from_secs(360));
+    flood(512);
+    assert!(e.check(&abuser).unwrap().allowed);
+    assert!(!e.check(&abuser).unwrap().allowed);
 }
 
 #[test]
 fn an_evicted_key_keeps_its_debt_as_time_passes() {
-    // 10 per minute; the abuser retries every second for a minute and a half
-    // while a flood keeps evicting it. GCRA admits at most 10 + 90/6 = 25.
+    // 10 per minute; the abuser spends its burst, then retries every second
+    // for a minute and a half while a flood keeps evicting it. GCRA admits
+    // at most 10 + 90/6 = 25.
     let (e, store, clock) = engine("10/1m", 256);
     let abuser = login("2001:db8:dead:beef::1".parse().unwrap());
     let mut passed = 0;
+    for _ in 0..10 {
+        passed += usize::from(e.check(&abuser).unwrap().allowed);
+    }
     let mut fresh = 0u64;
     for _ in 0..=90 {
         passed += usize::from(e.check(&abuser).unwrap().allowed);

@@ -163,7 +163,7 @@ fn build_policy() -> Policy {
             Who::Global => Scope::Global,
         };
         let l = Limit::new(d.side, d.action, scope, LimitKind::Rate(def_rate(d))).shadow(d.shadow);
-        assert_eq!(&*l.name, d.name);
+        assert_eq!(l.name, d.name);
         b = b.limit(l).unwrap();
     }
     b.override_limit(Override {

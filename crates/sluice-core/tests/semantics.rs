@@ -67,7 +67,7 @@ fn login(addr: &str) -> Request<'static> {
 fn report<'a>(d: &'a Decision, name: &str) -> &'a LimitReport {
     d.limits
         .iter()
-        .find(|l| &*l.name == name)
+        .find(|l| l.name == name)
         .unwrap_or_else(|| panic!("no report for {name} in {d:?}"))
 }
 
@@ -75,7 +75,7 @@ fn inspect_one(e: &Engine, target: &Target, name: &str) -> LimitReport {
     e.inspect(target)
         .unwrap()
         .into_iter()
-        .find(|l| &*l.name == name)
+        .find(|l| l.name == name)
         .unwrap_or_else(|| panic!("inspect({target}) has no {name}"))
 }
 
@@ -100,7 +100,7 @@ fn denied_request_consumes_nothing_from_any_bucket() {
     for _ in 0..50 {
         let d = e.check(&login("203.0.113.7")).unwrap();
         assert!(!d.allowed);
-        assert_eq!(d.reason, Reason::Limited("client.target.login.ip".into()));
+        assert_eq!(d.reason, Reason::Limited("client.target.login.ip"));
         let g = report(&d, "client.global.login");
         assert_eq!(g.outcome, LimitOutcome::Allowed);
         assert_eq!(g.remaining, 99, "global bucket charged by a denied request");
@@ -129,7 +129,7 @@ fn denied_by_global_consumes_nothing_per_target() {
     for _ in 0..10 {
         let d = e.check(&login("203.0.113.1")).unwrap();
         assert!(!d.allowed);
-        assert_eq!(d.reason, Reason::Limited("client.global.login".into()));
+        assert_eq!(d.reason, Reason::Limited("client.global.login"));
         assert_eq!(report(&d, "client.target.login.ip").remaining, 4);
     }
     assert_eq!(
@@ -224,7 +224,7 @@ fn byte_costs_are_exact_and_too_large_never_passes() {
     let big = e.check(&req(10_241)).unwrap();
     assert!(!big.allowed);
     assert_eq!(big.retry_after, Duration::MAX);
-    assert_eq!(big.reason, Reason::TooLarge(name.into()));
+    assert_eq!(big.reason, Reason::TooLarge(name));
     assert_eq!(
         report(&big, name).remaining,
         10_240,
@@ -504,11 +504,11 @@ fn overrides_multiply_replace_and_unlimit() {
     let d = e.check(&admin).unwrap();
     assert!(d.allowed);
     assert_eq!(d.limits.len(), 1);
-    assert_eq!(&*d.limits[0].name, "client.global.invite");
+    assert_eq!(d.limits[0].name, "client.global.invite");
     // Global: 8 per day, 2 used by the bot and 1 by the admin.
     assert_eq!(allowed_count(&e, &admin, 100), 5);
     let d = e.check(&admin).unwrap();
-    assert_eq!(d.reason, Reason::Limited("client.global.invite".into()));
+    assert_eq!(d.reason, Reason::Limited("client.global.invite"));
 }
 
 #[test]
@@ -564,7 +564,7 @@ fn shadow_limits_never_deny_but_report() {
     // consumed by the denied request.
     let d = e.check(&login("203.0.113.8")).unwrap();
     assert!(!d.allowed);
-    assert_eq!(d.reason, Reason::Limited("client.global.login".into()));
+    assert_eq!(d.reason, Reason::Limited("client.global.login"));
     assert_eq!(report(&d, "client.target.login.ip").remaining, 2);
     assert_eq!(
         inspect_one(&e, &t("ip:203.0.113.8"), "client.target.login.ip").remaining,
@@ -919,7 +919,7 @@ fn leases_cap_release_and_expire() {
     assert_eq!(leases[0].expires, e.now() + (30 * SEC).as_nanos() as u64);
     let d = e.acquire(&req, 30 * SEC).unwrap();
     assert!(!d.allowed && d.lease.is_none());
-    assert_eq!(d.reason, Reason::Limited("client.concurrent.request.user".into()));
+    assert_eq!(d.reason, Reason::Limited("client.concurrent.request.user"));
     // Other users are not affected.
     assert!(e.acquire(&upload("@b:example.org"), 30 * SEC).unwrap().allowed);
     // Checks (not acquires) ignore concurrency caps.
@@ -991,10 +991,7 @@ fn acquire_checks_rates_all_or_nothing() {
     // The cap denies: the rate bucket is not charged.
     for _ in 0..5 {
         let d = e.acquire(&req, MIN).unwrap();
-        assert_eq!(
-            d.reason,
-            Reason::Limited("client.concurrent.connection.ip".into())
-        );
+        assert_eq!(d.reason, Reason::Limited("client.concurrent.connection.ip"));
         assert_eq!(report(&d, "client.target.connection.ip").remaining, 1);
     }
     assert!(e.release(a.lease.unwrap().id).unwrap());
@@ -1003,7 +1000,7 @@ fn acquire_checks_rates_all_or_nothing() {
     assert!(e.release(b.lease.unwrap().id).unwrap());
     let d = e.acquire(&req, MIN).unwrap();
     assert!(!d.allowed);
-    assert_eq!(d.reason, Reason::Limited("client.target.connection.ip".into()));
+    assert_eq!(d.reason, Reason::Limited("client.target.connection.ip"));
     assert_eq!(e.store().active_leases(e.now()), 1);
 }
 

@@ -208,7 +208,7 @@ impl App {
         if !d.allowed && tracing::enabled!(tracing::Level::INFO) {
             let privacy = self.privacy();
             let shown: Vec<String> = targets.iter().map(|t| privacy.show(t)).collect();
-            let fired: Vec<&str> = d.fired().map(|l| &*l.name).collect();
+            let fired: Vec<&str> = d.fired().map(|l| l.name).collect();
             tracing::info!(side = %side, action, targets = ?shown, limits = ?fired, reason = ?reason_str(d), "denied");
         }
         if let Some(ban) = &d.banned {

@@ -87,7 +87,7 @@ async fn body_bytes(app: &App, body: Body) -> Result<axum::body::Bytes, Response
 
 fn limit_json(l: &LimitReport) -> Value {
     json!({
-        "name": &*l.name,
+        "name": l.name,
         "remaining": l.remaining,
         "reset_ms": ms(l.reset),
         "limit": l.limit,

@@ -84,7 +84,7 @@ impl Metrics {
             t.actions[side as usize].insert(action.into(), cells);
         }
         for l in policy.limits() {
-            let cells = old.limits.get(&*l.name).map(|c| c.2.clone()).unwrap_or_default();
+            let cells = old.limits.get(l.name).map(|c| c.2.clone()).unwrap_or_default();
             t.limits
                 .insert((*l.name).into(), (l.side, (*l.action).into(), cells));
         }
@@ -102,7 +102,7 @@ impl Metrics {
             c[usize::from(!d.allowed)].fetch_add(1, Ordering::Relaxed);
         }
         for l in &d.limits {
-            if let Some((_, _, c)) = t.limits.get(&*l.name) {
+            if let Some((_, _, c)) = t.limits.get(l.name) {
                 c[outcome_ix(l.outcome)].fetch_add(1, Ordering::Relaxed);
             }
         }
