@@ -271,6 +271,19 @@ struct Core {
     now: Nanos,
 }
 
+impl Default for Core {
+    fn default() -> Self {
+        Self {
+            side: Side::Client,
+            targets: SmallVec::new(),
+            batch: Batch::default(),
+            entries: SmallVec::new(),
+            early: None,
+            now: 0,
+        }
+    }
+}
+
 impl Core {
     fn needs_store(&self) -> bool {
         self.early.is_none() && !(self.batch.buckets.is_empty() && self.batch.slots.is_empty())
@@ -524,11 +537,20 @@ impl Engine {
     /// asynchronous; [`Engine::decide`] does plan, store and finish in one.
     pub fn plan(&self, req: &Request<'_>, mode: Mode) -> Result<Plan, EngineError> {
         let compiled = self.inner.compiled.load_full();
-        let core = self.plan_in(&compiled, req, mode)?;
+        let mut core = Core::default();
+        self.plan_in(&compiled, req, mode, &mut core)?;
         Ok(Plan { compiled, core })
     }
 
-    fn plan_in(&self, compiled: &Compiled, req: &Request<'_>, mode: Mode) -> Result<Core, EngineError> {
+    /// Fills `plan` (a fresh [`Core`]) in place: the plan is large and inline,
+    /// and moving it around costs more than building it.
+    fn plan_in(
+        &self,
+        compiled: &Compiled,
+        req: &Request<'_>,
+        mode: Mode,
+        plan: &mut Core,
+    ) -> Result<(), EngineError> {
         let policy = &compiled.policy;
         let Some(indexes) = policy.action_limits(req.side, req.action) else {
             return Err(EngineError::UnknownAction {
@@ -537,41 +559,32 @@ impl Engine {
             });
         };
         let now = self.now();
-        let mut targets: SmallVec<[Target; 4]> = SmallVec::new();
+        plan.side = req.side;
+        plan.now = now;
+        plan.batch.dry_run = mode == Mode::DryRun;
         if let Some(ip) = req.targets.ip {
-            targets.push(policy.normalizer().ip_target(ip));
+            plan.targets.push(policy.normalizer().ip_target(ip));
         }
-        targets.extend(
-            [&req.targets.user, &req.targets.server, &req.targets.appservice]
-                .into_iter()
-                .flatten()
-                .cloned(),
-        );
-        let mut plan = Core {
-            side: req.side,
-            targets,
-            batch: Batch {
-                dry_run: mode == Mode::DryRun,
-                ..Batch::default()
-            },
-            entries: SmallVec::new(),
-            early: None,
-            now,
-        };
+        for t in [&req.targets.user, &req.targets.server, &req.targets.appservice]
+            .into_iter()
+            .flatten()
+        {
+            plan.targets.push(t.clone());
+        }
         if let Some(t) = plan.targets.iter().find(|t| policy.is_exempt(t)) {
             plan.early = Some(Decision::early(true, Duration::ZERO, Reason::Exempt(t.clone())));
-            return Ok(plan);
+            return Ok(());
         }
         if let Some(t) = plan.targets.iter().find(|t| policy.blocked(t).is_some()) {
             plan.early = Some(Decision::early(false, Duration::MAX, Reason::Blocked(t.clone())));
-            return Ok(plan);
+            return Ok(());
         }
         if let Some(ban) = plan.targets.iter().find_map(|t| self.inner.bans.find(t, now)) {
             let wait = ban
                 .expires
                 .map_or(Duration::MAX, |e| Duration::from_nanos(e - now));
             plan.early = Some(Decision::early(false, wait, Reason::Banned(ban)));
-            return Ok(plan);
+            return Ok(());
         }
         let anonymous = req.targets.user.is_none() && req.targets.appservice.is_none();
         let has_overrides = !policy.overrides().is_empty();
@@ -657,16 +670,16 @@ impl Engine {
             let expires = ttl.map_or(Nanos::MAX, |t| now.saturating_add(nanos(t)));
             plan.batch.lease = Some((id, expires));
         }
-        Ok(plan)
+        Ok(())
     }
 
     /// Turns the store's answer into a decision, and applies automatic bans.
-    pub fn finish(&self, plan: Plan, outcome: Outcome) -> Decision {
-        self.finish_in(&plan.compiled, plan.core, outcome)
+    pub fn finish(&self, mut plan: Plan, outcome: Outcome) -> Decision {
+        self.finish_in(&plan.compiled, &mut plan.core, &outcome)
     }
 
-    fn finish_in(&self, compiled: &Compiled, plan: Core, outcome: Outcome) -> Decision {
-        if let Some(d) = plan.early {
+    fn finish_in(&self, compiled: &Compiled, plan: &mut Core, outcome: &Outcome) -> Decision {
+        if let Some(d) = plan.early.take() {
             return d;
         }
         let policy = &compiled.policy;
@@ -856,13 +869,14 @@ impl Engine {
         // A borrowed guard, not an owned Arc: no shared reference count for
         // every thread to bump on every decision.
         let compiled = self.inner.compiled.load();
-        let core = self.plan_in(&compiled, req, mode)?;
+        let mut core = Core::default();
+        self.plan_in(&compiled, req, mode, &mut core)?;
         let outcome = if core.needs_store() {
             self.inner.store.decide(&core.batch, core.now)?
         } else {
             Outcome::default()
         };
-        Ok(self.finish_in(&compiled, core, outcome))
+        Ok(self.finish_in(&compiled, &mut core, &outcome))
     }
 
     /// Checks and consumes.
