@@ -49,11 +49,21 @@ pub(crate) struct Inner {
     pub privacy: ArcSwap<Privacy>,
     pub bans_file: Option<BanFile>,
     pub persist: Notify,
+    /// Extra metric families (gateways), appended to `/metrics`.
+    pub extra_metrics: std::sync::Mutex<Vec<MetricsSource>>,
+    /// Flips to `true` when the service starts shutting down.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Tasks that must finish before the process exits (gateway listeners
+    /// draining their connections).
+    pub tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Serialises writers of the ban file (the background saver and the
     /// final flush at shutdown).
     pub save_lock: std::sync::Mutex<()>,
     pub admin_token: ArcSwap<Option<String>>,
 }
+
+/// Writes extra Prometheus families (a gateway's counters) at scrape time.
+pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
 
 /// The decision service's state. Cheap to clone.
 #[derive(Clone)]
@@ -123,6 +133,9 @@ impl App {
                 bans_file,
                 persist: Notify::new(),
                 save_lock: std::sync::Mutex::new(()),
+                extra_metrics: std::sync::Mutex::new(Vec::new()),
+                shutdown: tokio::sync::watch::channel(false).0,
+                tasks: std::sync::Mutex::new(Vec::new()),
                 admin_token: ArcSwap::from_pointee(admin_token),
             }),
         };
@@ -164,7 +177,8 @@ impl App {
         self.inner.engine.now()
     }
 
-    pub(crate) fn privacy(&self) -> Arc<Privacy> {
+    /// How targets are shown in logs (addresses hashed unless configured).
+    pub fn privacy(&self) -> Arc<Privacy> {
         self.inner.privacy.load_full()
     }
 
@@ -198,8 +212,9 @@ impl App {
         Ok(())
     }
 
-    /// Records a decision in metrics, activity and logs.
-    pub(crate) fn observe(&self, side: Side, action: &str, targets: &[Target], d: &Decision) {
+    /// Records a decision in metrics, activity and logs. Gateways call it
+    /// for their own decisions so `/metrics`, `top` and the logs see them.
+    pub fn observe(&self, side: Side, action: &str, targets: &[Target], d: &Decision) {
         self.inner.metrics.record(side, action, d);
         let now = self.now();
         for t in targets {
@@ -247,6 +262,47 @@ impl App {
                 Ok(Err(e)) => tracing::error!("saving bans: {e}"),
                 Err(e) => tracing::error!("saving bans: {e}"),
             }
+        }
+    }
+
+    /// Adds a metrics source, rendered after the service's own families.
+    pub fn add_metrics(&self, source: MetricsSource) {
+        self.inner
+            .extra_metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(source);
+    }
+
+    /// A receiver that turns `true` when the service begins to shut down:
+    /// gateways stop accepting and drain when it does.
+    pub fn shutdown_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+
+    /// Runs `task` alongside the service; [`crate::serve`] waits for it to
+    /// finish after signalling shutdown, before writing the ban list.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let handle = tokio::spawn(task);
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
+    }
+
+    pub(crate) fn render_extra_metrics(&self, out: &mut String) {
+        let sources = self
+            .inner
+            .extra_metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for s in sources {
+            s(out);
         }
     }
 

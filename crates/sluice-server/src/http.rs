@@ -275,7 +275,8 @@ async fn healthz() -> &'static str {
 }
 
 async fn metrics(State(app): State<App>) -> Response {
-    let text = app.inner.metrics.render(app.gauges());
+    let mut text = app.inner.metrics.render(app.gauges());
+    app.render_extra_metrics(&mut text);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,

@@ -27,6 +27,6 @@ pub mod privacy;
 mod serve;
 pub mod top;
 
-pub use app::{default_state_dir, App, ServerError};
+pub use app::{default_state_dir, App, MetricsSource, ServerError};
 pub use http::router;
 pub use serve::{run, serve, shutdown_signal};

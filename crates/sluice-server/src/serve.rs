@@ -18,9 +18,20 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let persist = tokio::spawn(app.clone().persist_loop());
     let service = crate::http::router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let signal = app.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Gateways stop accepting and drain at the same time as the API.
+        signal.inner.shutdown.send_replace(true);
+    };
     let result = axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
         .await;
+    app.inner.shutdown.send_replace(true);
+    let tasks = std::mem::take(&mut *app.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+    for t in tasks {
+        let _ = t.await;
+    }
     persist.abort();
     app.flush_bans()?;
     result.map_err(ServerError::Io)
