@@ -202,7 +202,7 @@ impl Matcher {
     pub fn matches(&self, t: &Target) -> bool {
         match self {
             Matcher::Target(m) => m == t,
-            Matcher::Network(net) => t.within(net),
+            Matcher::Network(net) => t.overlaps(net),
         }
     }
 }
@@ -385,7 +385,7 @@ impl Policy {
     /// Whether a target is exempt from every limit and ban.
     pub fn is_exempt(&self, t: &Target) -> bool {
         (!self.exempt_targets.is_empty() && self.exempt_targets.contains(t))
-            || self.exempt_networks.iter().any(|n| t.within(n))
+            || self.exempt_networks.iter().any(|n| t.overlaps(n))
     }
 
     /// Exempt networks.

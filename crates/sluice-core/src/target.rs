@@ -227,6 +227,19 @@ impl Target {
         }
     }
 
+    /// Whether this (IP) target and `net` overlap: one contains the other.
+    ///
+    /// Requests are grouped (IPv6 per /64 by default), so a rule naming one
+    /// address inside a group can only ever see the whole group: an
+    /// exemption, override or blocklist entry for `2001:db8::1` applies to
+    /// `2001:db8::/64`, the only identity sluice can tell apart.
+    pub fn overlaps(&self, net: &IpNet) -> bool {
+        match self {
+            Target::Ip(mine) => net.contains(mine) || mine.contains(net),
+            _ => false,
+        }
+    }
+
     /// Feeds a stable, kind-tagged encoding to a hasher.
     pub fn hash_into<H: Hasher>(&self, h: &mut H) {
         match self {
@@ -481,6 +494,16 @@ mod tests {
         ] {
             assert!(n().parse(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn rules_naming_one_address_cover_its_group() {
+        let group = n().parse("ip:2001:db8:1:2::99").unwrap();
+        let host: IpNet = "2001:db8:1:2::1/128".parse().unwrap();
+        let wide: IpNet = "2001:db8::/32".parse().unwrap();
+        let other: IpNet = "2001:db8:1:3::1/128".parse().unwrap();
+        assert!(group.overlaps(&host) && group.overlaps(&wide) && !group.overlaps(&other));
+        assert!(!group.within(&host));
     }
 
     #[test]
