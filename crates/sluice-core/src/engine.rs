@@ -473,7 +473,13 @@ impl Engine {
         self.inner.compiled.store(Arc::new(compiled));
     }
 
-    /// The policy in force.
+    /// Runs `f` on the policy in force without copying it (the hot path's
+    /// way to validate a request against the policy).
+    pub fn with_policy<R>(&self, f: impl FnOnce(&Policy) -> R) -> R {
+        f(&self.inner.compiled.load().policy)
+    }
+
+    /// A copy of the policy in force.
     pub fn policy(&self) -> Policy {
         self.inner.compiled.load().policy.clone()
     }

@@ -54,6 +54,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/check", post(check))
         .route("/v1/acquire", post(acquire))
         .route("/v1/release", post(release))
+        .route("/v1/auth", get(auth))
         .route("/v1/echo", post(echo))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -180,11 +181,53 @@ async fn decide(app: App, body: Body, acquire: bool) -> Response {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let policy = app.engine().policy();
-    let ask = match input::ask(&bytes, &policy, acquire) {
+    let ask = match app.engine().with_policy(|p| input::ask(&bytes, p, acquire)) {
         Ok(a) => a,
         Err(e) => return bad(&app, e),
     };
+    match run_decision(&app, ask, acquire) {
+        Ok((d, headers)) => {
+            let body = if acquire {
+                json!({
+                    "allowed": d.allowed,
+                    "lease": d.lease.map(|l| l.token()),
+                    "retry_after_ms": ms(d.retry_after),
+                    "reason": reason_str(&d),
+                    "limits": d.limits.iter().map(limit_json).collect::<Vec<_>>(),
+                })
+            } else {
+                Value::Object(decision_json(&d))
+            };
+            (StatusCode::OK, headers, axum::Json(body)).into_response()
+        }
+        Err(r) => *r,
+    }
+}
+
+/// `GET /v1/auth?action=…&ip=…`: the check for `auth_request`-style callers
+/// (nginx): `204` allowed, `403` denied (nginx treats any other status as an
+/// error), with `Retry-After` and the `RateLimit` fields either way.
+async fn auth(State(app): State<App>, Query(q): Query<Vec<(String, String)>>) -> Response {
+    let ask = match app.engine().with_policy(|p| input::ask_query(&q, p)) {
+        Ok(a) => a,
+        Err(e) => return bad(&app, e),
+    };
+    match run_decision(&app, ask, false) {
+        Ok((d, headers)) => {
+            let status = if d.allowed {
+                StatusCode::NO_CONTENT
+            } else {
+                StatusCode::FORBIDDEN
+            };
+            (status, headers).into_response()
+        }
+        Err(r) => *r,
+    }
+}
+
+/// Plans, asks the store, finishes and observes one decision.
+fn run_decision(app: &App, ask: input::Ask, acquire: bool) -> Result<(Decision, HeaderMap), Box<Response>> {
+    let app = app.clone();
     let req = EngineRequest {
         side: ask.side,
         action: &ask.action,
@@ -196,16 +239,16 @@ async fn decide(app: App, body: Body, acquire: bool) -> Response {
         (false, true) => Mode::DryRun,
         (false, false) => Mode::Check,
     };
-    let plan = match app.engine().plan(&req, mode) {
-        Ok(p) => p,
-        Err(e) => return engine_error(&app, e),
-    };
+    let plan = app
+        .engine()
+        .plan(&req, mode)
+        .map_err(|e| Box::new(engine_error(&app, e)))?;
     let targets = plan.targets().to_vec();
     let outcome = if plan.needs_store() {
-        match app.engine().store().decide(plan.batch(), plan.now()) {
-            Ok(o) => o,
-            Err(e) => return engine_error(&app, e.into()),
-        }
+        app.engine()
+            .store()
+            .decide(plan.batch(), plan.now())
+            .map_err(|e| Box::new(engine_error(&app, e.into())))?
     } else {
         Default::default()
     };
@@ -215,18 +258,7 @@ async fn decide(app: App, body: Body, acquire: bool) -> Response {
     }
     let mut headers = HeaderMap::new();
     rate_headers(&d, &mut headers);
-    let body = if acquire {
-        json!({
-            "allowed": d.allowed,
-            "lease": d.lease.map(|l| l.token()),
-            "retry_after_ms": ms(d.retry_after),
-            "reason": reason_str(&d),
-            "limits": d.limits.iter().map(limit_json).collect::<Vec<_>>(),
-        })
-    } else {
-        Value::Object(decision_json(&d))
-    };
-    (StatusCode::OK, headers, axum::Json(body)).into_response()
+    Ok((d, headers))
 }
 
 async fn check(State(app): State<App>, body: Body) -> Response {

@@ -109,11 +109,59 @@ pub const MAX_TTL_MS: u64 = 86_400_000;
 
 /// Parses a check (`acquire = false`) or acquire body against `policy`.
 pub fn ask(body: &[u8], policy: &Policy, acquire: bool) -> Result<Ask> {
-    let m = object(body)?;
+    ask_map(&object(body)?, policy, acquire)
+}
+
+/// Parses `/v1/auth` query parameters (`action`, `side`, `ip`, `user`,
+/// `server`, `appservice`, `cost`) into a check.
+pub fn ask_query(pairs: &[(String, String)], policy: &Policy) -> Result<Ask> {
+    let mut m = Map::new();
+    let mut targets = Map::new();
+    for (k, v) in pairs {
+        let dup = || FieldError::new(k, "given more than once");
+        match k.as_str() {
+            "action" | "side" => {
+                if m.insert(k.clone(), Value::String(v.clone())).is_some() {
+                    return Err(dup());
+                }
+            }
+            "cost" => {
+                let n: u64 = v.parse().map_err(|_| {
+                    FieldError::new("cost", format!("expected an integer from 1 to {MAX_COST}"))
+                })?;
+                if m.insert(k.clone(), Value::from(n)).is_some() {
+                    return Err(dup());
+                }
+            }
+            "ip" | "user" | "server" | "appservice" => {
+                // nginx passes `$remote_addr` etc. unconditionally: empty means absent.
+                if !v.is_empty() && targets.insert(k.clone(), Value::String(v.clone())).is_some() {
+                    return Err(dup());
+                }
+            }
+            other => {
+                return Err(FieldError::new(
+                    other,
+                    "unknown parameter; expected action, side, ip, user, server, appservice, cost",
+                ))
+            }
+        }
+    }
+    m.insert("targets".into(), Value::Object(targets));
+    ask_map(&m, policy, false).map_err(|mut e| {
+        // Query parameters are flat: `targets.ip` is the `ip` parameter.
+        if let Some(rest) = e.field.strip_prefix("targets.") {
+            e.field = rest.to_owned();
+        }
+        e
+    })
+}
+
+fn ask_map(m: &Map<String, Value>, policy: &Policy, acquire: bool) -> Result<Ask> {
     if acquire {
-        only(&m, "", &["action", "side", "targets", "ttl_ms"])?;
+        only(m, "", &["action", "side", "targets", "ttl_ms"])?;
     } else {
-        only(&m, "", &["action", "side", "targets", "cost", "dry_run"])?;
+        only(m, "", &["action", "side", "targets", "cost", "dry_run"])?;
     }
     let side = match m.get("side") {
         None | Some(Value::Null) => Side::Client,
@@ -122,7 +170,7 @@ pub fn ask(body: &[u8], policy: &Policy, acquire: bool) -> Result<Ask> {
             .map_err(|_| FieldError::new("side", "expected \"client\" or \"federation\""))?,
         Some(_) => return Err(FieldError::new("side", "expected a string")),
     };
-    let action = string(&m, "action")?;
+    let action = string(m, "action")?;
     if policy.action(side, action).is_none() {
         return Err(FieldError::new(
             "action",
@@ -135,7 +183,7 @@ pub fn ask(body: &[u8], policy: &Policy, acquire: bool) -> Result<Ask> {
         Some(_) => return Err(FieldError::new("targets", "expected an object")),
     };
     let ttl = if acquire {
-        let ms = uint(&m, "ttl_ms", 1, MAX_TTL_MS)?.ok_or_else(|| FieldError::new("ttl_ms", "missing"))?;
+        let ms = uint(m, "ttl_ms", 1, MAX_TTL_MS)?.ok_or_else(|| FieldError::new("ttl_ms", "missing"))?;
         Some(Duration::from_millis(ms))
     } else {
         None
@@ -147,9 +195,9 @@ pub fn ask(body: &[u8], policy: &Policy, acquire: bool) -> Result<Ask> {
         cost: if acquire {
             1
         } else {
-            uint(&m, "cost", 1, MAX_COST)?.unwrap_or(1)
+            uint(m, "cost", 1, MAX_COST)?.unwrap_or(1)
         },
-        dry_run: !acquire && boolean(&m, "dry_run")?.unwrap_or(false),
+        dry_run: !acquire && boolean(m, "dry_run")?.unwrap_or(false),
         ttl,
     })
 }

@@ -163,3 +163,27 @@ fn metrics_count_decisions_by_action_limit_and_outcome() {
     let (status, h) = s.get("/healthz");
     assert_eq!((status, h.text.as_str()), (200, "ok\n"));
 }
+
+#[test]
+fn auth_request_answers_204_then_403_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &base(dir.path()));
+    let path = "/v1/auth?action=registration&ip=203.0.113.50&user=";
+    let (status, _) = s.get(path);
+    assert_eq!(status, 204);
+    let (status, r) = s.get(path);
+    assert_eq!(status, 403);
+    assert_eq!(r.retry_after.as_deref(), Some("360"));
+    assert!(r.ratelimit.unwrap().contains("r=0"));
+    for (query, field) in [
+        ("action=nope&ip=1.2.3.4", "action"),
+        ("action=login&ip=1.2.3", "ip"),
+        ("action=login&cost=x", "cost"),
+        ("action=login&action=login", "action"),
+        ("action=login&colour=red", "colour"),
+    ] {
+        let (status, r) = s.get(&format!("/v1/auth?{query}"));
+        assert_eq!(status, 400, "{query}");
+        assert_eq!(r.json()["field"], field, "{query}");
+    }
+}
