@@ -163,6 +163,25 @@ impl Contender for EngineBench<'_> {
     }
 }
 
+/// The same engine answering the verdict only (`Engine::admit`): no
+/// per-limit report, as an embedder that needs none would call it.
+pub struct AdmitBench<'a, 'b>(pub &'b EngineBench<'a>);
+
+impl Contender for AdmitBench<'_, '_> {
+    fn name(&self) -> &'static str {
+        "sluice Engine::admit"
+    }
+    fn run(&self, t: usize, start: usize, ops: usize) -> u64 {
+        let seq = &self.0.seqs.ips[t];
+        (0..ops)
+            .map(|j| {
+                let req = Request::client(ACTION).ip(at(seq, start + j));
+                u64::from(self.0.engine.admit(&req).is_ok_and(|a| a.allowed))
+            })
+            .sum()
+    }
+}
+
 /// sluice's store alone: `MemoryStore::decide` on a pre-built two-bucket batch.
 pub struct StoreBench<'a> {
     /// The store.

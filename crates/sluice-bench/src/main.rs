@@ -39,7 +39,7 @@ USAGE: sluice-bench [OPTIONS]
   --flood N             fresh /64s in the flood (default 10000000)
   --flood-max-keys N    the flood store's max_keys (default 1000000)
   --seed N              seed of key orders and store keys
-  --contenders LIST     timing contenders: engine,store,governor,raw (default: all;
+  --contenders LIST     timing contenders: engine,admit,store,governor,raw (default: all;
                         for profiling one alone; ratios need raw)
 ";
 
@@ -75,7 +75,9 @@ impl Config {
             memory: true,
             run_flood: true,
             seed: 0x5EED_51CE,
-            contenders: ["engine", "store", "governor", "raw"].map(String::from).to_vec(),
+            contenders: ["engine", "admit", "store", "governor", "raw"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 
@@ -131,7 +133,7 @@ impl Config {
                     if let Some(bad) = cfg
                         .contenders
                         .iter()
-                        .find(|p| !["engine", "store", "governor", "raw"].contains(&p.as_str()))
+                        .find(|p| !["engine", "admit", "store", "governor", "raw"].contains(&p.as_str()))
                     {
                         return Err(format!("--contenders: unknown contender {bad:?}"));
                     }
@@ -250,8 +252,10 @@ fn speed(cfg: &Config, verdicts: &mut Vec<String>) {
         let gov = GovernorBench::new(&seqs);
         let raw = RawBench::new(keys, &clock, &seqs);
         contenders::populate(keys, &engine, &store, &gov, &raw, cfg.seed);
-        let all: [(&str, &dyn Contender); 4] = [
+        let admit = contenders::AdmitBench(&engine);
+        let all: [(&str, &dyn Contender); 5] = [
             ("engine", &engine),
+            ("admit", &admit),
             ("store", &store),
             ("governor", &gov),
             ("raw", &raw),
@@ -272,16 +276,25 @@ fn speed(cfg: &Config, verdicts: &mut Vec<String>) {
             for m in &ms {
                 print_row(keys, m, raw_ns);
             }
-            if keys == largest && ms.len() == 4 {
-                let (e, s, g) = (by(engine.name()), by(store.name()), by(gov.name()));
+            if keys == largest && ms.len() == 5 {
+                let (e, a, s, g) = (
+                    by(engine.name()),
+                    by(admit.name()),
+                    by(store.name()),
+                    by(gov.name()),
+                );
                 verdicts.push(format!(
                     "{keys} keys, {threads} thread(s): sluice engine {e:.0} ns = {:.2}× raw ({raw_ns:.0} ns): {}; \
-                     store alone {s:.0} ns = {:.2}× raw; vs governor {g:.0} ns: sluice is {:.2}× its time: {}",
+                     verdict-only admit {a:.0} ns = {:.2}× raw; \
+                     store alone {s:.0} ns = {:.2}× raw; vs governor {g:.0} ns: check is {:.2}× its time ({}), admit {:.2}× ({})",
                     e / raw_ns,
                     if e <= 2.0 * raw_ns { "within 2× (met)" } else { "NOT within 2× (missed)" },
+                    a / raw_ns,
                     s / raw_ns,
                     e / g,
-                    if e < g { "faster (met)" } else { "NOT faster (missed)" },
+                    if e < g { "faster: met" } else { "NOT faster: missed" },
+                    a / g,
+                    if a < g { "faster: met" } else { "NOT faster: missed" },
                 ));
             }
         }

@@ -146,8 +146,8 @@ pub enum Reason {
     Allowed,
     /// A target is exempt: nothing was checked or consumed.
     Exempt(Target),
-    /// A target is banned.
-    Banned(Ban),
+    /// A target is banned (boxed: rare, and it keeps decisions small).
+    Banned(Box<Ban>),
     /// A target is on the configured blocklist.
     Blocked(Target),
     /// A limit denied it (the one with the longest wait).
@@ -171,7 +171,7 @@ pub struct Decision {
     /// The lease taken, for acquire requests that were allowed.
     pub lease: Option<Lease>,
     /// A ban this decision triggered (automatic bans).
-    pub banned: Option<Ban>,
+    pub banned: Option<Box<Ban>>,
 }
 
 impl Decision {
@@ -190,6 +190,15 @@ impl Decision {
     pub fn fired(&self) -> impl Iterator<Item = &LimitReport> {
         self.limits.iter().filter(|l| l.outcome != LimitOutcome::Allowed)
     }
+}
+
+/// The verdict alone: see [`Engine::admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Allowed or not.
+    pub allowed: bool,
+    /// Zero when allowed; how long to wait otherwise (`Duration::MAX`: never).
+    pub retry_after: Duration,
 }
 
 /// A concurrency lease held by a caller across the network.
@@ -267,7 +276,9 @@ struct Core {
     targets: SmallVec<[Target; 4]>,
     batch: Batch,
     entries: SmallVec<[Entry; 4]>,
-    early: Option<Decision>,
+    /// Boxed: rare, and an inline `Option<Decision>` would be copied on
+    /// every decision.
+    early: Option<Box<Decision>>,
     now: Nanos,
 }
 
@@ -354,7 +365,7 @@ impl Plan {
 
     /// The decision already known without the store (exempt, banned, blocked).
     pub fn early(&self) -> Option<&Decision> {
-        self.core.early.as_ref()
+        self.core.early.as_deref()
     }
 }
 
@@ -378,6 +389,9 @@ fn unreachable_rate() -> Rate {
 struct Compiled {
     policy: Policy,
     name_hashes: Vec<u64>,
+    /// Each rate limit's GCRA parameters, computed once (a division saved
+    /// per bucket per decision).
+    gcras: Vec<Option<Gcra>>,
 }
 
 struct Inner {
@@ -464,7 +478,19 @@ impl Engine {
             .iter()
             .map(|l| Policy::name_hash(hasher, l.name))
             .collect();
-        Compiled { policy, name_hashes }
+        let gcras = policy
+            .limits()
+            .iter()
+            .map(|l| match l.kind {
+                LimitKind::Rate(r) => Some(r.gcra()),
+                LimitKind::Concurrency(_) => None,
+            })
+            .collect();
+        Compiled {
+            policy,
+            name_hashes,
+            gcras,
+        }
     }
 
     /// Replaces the policy. Counters (keyed by limit name) and bans are kept.
@@ -578,18 +604,30 @@ impl Engine {
             plan.targets.push(t.clone());
         }
         if let Some(t) = plan.targets.iter().find(|t| policy.is_exempt(t)) {
-            plan.early = Some(Decision::early(true, Duration::ZERO, Reason::Exempt(t.clone())));
+            plan.early = Some(Box::new(Decision::early(
+                true,
+                Duration::ZERO,
+                Reason::Exempt(t.clone()),
+            )));
             return Ok(());
         }
         if let Some(t) = plan.targets.iter().find(|t| policy.blocked(t).is_some()) {
-            plan.early = Some(Decision::early(false, Duration::MAX, Reason::Blocked(t.clone())));
+            plan.early = Some(Box::new(Decision::early(
+                false,
+                Duration::MAX,
+                Reason::Blocked(t.clone()),
+            )));
             return Ok(());
         }
         if let Some(ban) = plan.targets.iter().find_map(|t| self.inner.bans.find(t, now)) {
             let wait = ban
                 .expires
                 .map_or(Duration::MAX, |e| Duration::from_nanos(e - now));
-            plan.early = Some(Decision::early(false, wait, Reason::Banned(ban)));
+            plan.early = Some(Box::new(Decision::early(
+                false,
+                wait,
+                Reason::Banned(Box::new(ban)),
+            )));
             return Ok(());
         }
         let anonymous = req.targets.user.is_none() && req.targets.appservice.is_none();
@@ -624,12 +662,16 @@ impl Engine {
             let kind_ix = target.kind() as usize;
             let th = *hashes[kind_ix].get_or_insert_with(|| self.target_hash(&target));
             let key = mix(compiled.name_hashes[i], th);
+            self.inner.store.prefetch(key);
             match limit.kind {
                 LimitKind::Rate(rate) => {
-                    let rate = match effect {
-                        Some(Effect::Multiply(f)) => rate.scaled(f),
-                        Some(Effect::Replace(r)) => r,
-                        _ => rate,
+                    let (rate, gcra) = match effect {
+                        Some(Effect::Multiply(f)) => {
+                            let r = rate.scaled(f);
+                            (r, r.gcra())
+                        }
+                        Some(Effect::Replace(r)) => (r, r.gcra()),
+                        _ => (rate, compiled.gcras[i].unwrap_or_else(|| rate.gcra())),
                     };
                     plan.entries.push(Entry {
                         limit: i,
@@ -640,7 +682,7 @@ impl Engine {
                         key,
                         limit: limit.name,
                         target,
-                        gcra: rate.gcra(),
+                        gcra,
                         cost: if matches!(mode, Mode::Acquire { .. }) {
                             1
                         } else {
@@ -686,7 +728,7 @@ impl Engine {
 
     fn finish_in(&self, compiled: &Compiled, plan: &mut Core, outcome: &Outcome) -> Decision {
         if let Some(d) = plan.early.take() {
-            return d;
+            return *d;
         }
         let policy = &compiled.policy;
         let now = plan.now;
@@ -778,6 +820,7 @@ impl Engine {
                     .map(|l| l.target.kind())
                     .collect();
                 self.autoban(policy, plan.side, action, &plan.targets, &culprits, now)
+                    .map(Box::new)
             }
             _ => None,
         };
@@ -883,6 +926,42 @@ impl Engine {
             Outcome::default()
         };
         Ok(self.finish_in(&compiled, &mut core, &outcome))
+    }
+
+    /// Checks and consumes, answering only the verdict: for embedders that
+    /// need no per-limit report (a gateway admitting a connection, say). Same
+    /// semantics as [`Engine::check`] — all or nothing, automatic bans — but
+    /// no [`LimitReport`]s are built on the allowed path.
+    pub fn admit(&self, req: &Request<'_>) -> Result<Admission, EngineError> {
+        let compiled = self.inner.compiled.load();
+        let mut core = Core::default();
+        self.plan_in(&compiled, req, Mode::Check, &mut core)?;
+        if let Some(d) = &core.early {
+            return Ok(Admission {
+                allowed: d.allowed,
+                retry_after: d.retry_after,
+            });
+        }
+        if !core.needs_store() {
+            return Ok(Admission {
+                allowed: true,
+                retry_after: Duration::ZERO,
+            });
+        }
+        let outcome = self.inner.store.decide(&core.batch, core.now)?;
+        if outcome.committed {
+            return Ok(Admission {
+                allowed: true,
+                retry_after: Duration::ZERO,
+            });
+        }
+        // Denied: the full path reports, applies automatic bans and gives
+        // the exact wait.
+        let d = self.finish_in(&compiled, &mut core, &outcome);
+        Ok(Admission {
+            allowed: d.allowed,
+            retry_after: d.retry_after,
+        })
     }
 
     /// Checks and consumes.

@@ -53,8 +53,8 @@ pub mod time;
 
 pub use bans::{Ban, BanSource, Bans};
 pub use engine::{
-    Decision, Engine, EngineError, Guard, Lease, LimitOutcome, LimitReport, Mode, Plan, Reason, Request,
-    Targets,
+    Admission, Decision, Engine, EngineError, Guard, Lease, LimitOutcome, LimitReport, Mode, Plan, Reason,
+    Request, Targets,
 };
 pub use memory::{MemoryStats, MemoryStore};
 pub use policy::{

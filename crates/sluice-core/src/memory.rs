@@ -447,60 +447,61 @@ impl MemoryStore {
         }
     }
 
-    fn rollback(&self, batch: &Batch, applied: &[Applied]) {
-        for (b, a) in batch.buckets.iter().zip(applied) {
-            if let Some(c) = a.commit {
-                let cell = self.cell(c.pos);
-                // Undo only if the cell still holds this key: if it was evicted
-                // meanwhile, the consumption went into the sketch (stricter).
-                if cell.key.load(Ordering::Acquire) & !HEAVY == fingerprint(b.key) {
-                    undo(cell, b.gcra, c.before, c.after, b.cost);
-                }
-            }
-        }
-    }
-
     fn decide_buckets(&self, batch: &Batch, now: Nanos) -> (SmallVec<[BucketResult; 4]>, bool) {
         let commit = !batch.dry_run;
-        let mut applied: SmallVec<[Applied; 4]> = SmallVec::new();
+        let mut results: SmallVec<[BucketResult; 4]> = SmallVec::with_capacity(batch.buckets.len());
+        // Where each enforced bucket was committed, for rollback; written
+        // only on the path that consumes.
+        let mut commits: SmallVec<[Option<Commit>; 4]> = SmallVec::new();
         let mut denied = false;
+        let mut any_shadow = false;
         for b in &batch.buckets {
             if b.shadow {
-                applied.push(Applied {
-                    result: result(b.gcra, self.read(fingerprint(b.key), now), now, b.cost),
-                    commit: None,
-                });
+                any_shadow = true;
+                results.push(result(b.gcra, self.read(fingerprint(b.key), now), now, b.cost));
+                commits.push(None);
                 continue;
             }
             let a = self.apply(b, now, commit && !denied);
             denied |= !a.result.allowed;
-            applied.push(a);
+            results.push(a.result);
+            commits.push(a.commit);
         }
-        if denied && commit {
-            self.rollback(batch, &applied);
-            // Report every bucket as it now stands.
-            let results = batch
-                .buckets
-                .iter()
-                .zip(&applied)
-                .map(|(b, a)| {
-                    if a.result.allowed {
-                        result(b.gcra, self.read(fingerprint(b.key), now), now, b.cost)
-                    } else {
-                        a.result
-                    }
-                })
-                .collect();
+        if !commit {
             return (results, false);
         }
-        if commit {
-            for (b, a) in batch.buckets.iter().zip(applied.iter_mut()) {
+        if denied {
+            let mut any_undone = false;
+            for (b, c) in batch.buckets.iter().zip(&commits) {
+                if let Some(c) = c {
+                    let cell = self.cell(c.pos);
+                    // Undo only if the cell still holds this key: if it was
+                    // evicted meanwhile, the consumption went into the sketch
+                    // (stricter).
+                    if cell.key.load(Ordering::Acquire) & !HEAVY == fingerprint(b.key) {
+                        undo(cell, b.gcra, c.before, c.after, b.cost);
+                    }
+                    any_undone = true;
+                }
+            }
+            if any_undone {
+                // Report every bucket as it now stands.
+                for (b, r) in batch.buckets.iter().zip(results.iter_mut()) {
+                    if r.allowed {
+                        *r = result(b.gcra, self.read(fingerprint(b.key), now), now, b.cost);
+                    }
+                }
+            }
+            return (results, false);
+        }
+        if any_shadow {
+            for (b, r) in batch.buckets.iter().zip(results.iter_mut()) {
                 if b.shadow {
-                    *a = self.apply(b, now, true);
+                    *r = self.apply(b, now, true).result;
                 }
             }
         }
-        (applied.into_iter().map(|a| a.result).collect(), !denied && commit)
+        (results, true)
     }
 }
 
@@ -640,6 +641,16 @@ impl Store for MemoryStore {
             .flat_map(|l| l.cells.iter())
             .filter(|c| c.key.load(Ordering::Relaxed) != 0 && c.tat.load(Ordering::Relaxed) > now)
             .count() as u64
+    }
+
+    #[inline]
+    fn prefetch(&self, key: u64) {
+        // A load whose value is only passed to `black_box`: the CPU issues it
+        // and carries on out of order, so the cache miss overlaps with the
+        // engine's remaining planning (a real prefetch instruction would need
+        // `unsafe`, which this workspace forbids).
+        let (a, _) = self.line_indexes(fingerprint(key));
+        std::hint::black_box(self.lines[a].cells[0].key.load(Ordering::Relaxed));
     }
 
     fn active_leases(&self, now: Nanos) -> u64 {

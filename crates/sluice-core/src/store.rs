@@ -147,6 +147,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Leases currently held.
     fn active_leases(&self, now: Nanos) -> u64;
+
+    /// A hint, given as soon as a decision knows a bucket's key and before
+    /// it asks [`Store::decide`]: start fetching that key's state. A memory
+    /// store touches the key's cache line so the miss overlaps with the rest
+    /// of the planning; remote stores ignore it.
+    #[inline]
+    fn prefetch(&self, _key: u64) {}
 }
 
 impl<S: Store + ?Sized> Store for Arc<S> {
@@ -167,5 +174,8 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn active_leases(&self, now: Nanos) -> u64 {
         (**self).active_leases(now)
+    }
+    fn prefetch(&self, key: u64) {
+        (**self).prefetch(key)
     }
 }

@@ -731,7 +731,7 @@ fn deny_until_banned(e: &Engine, req: &Request<'_>, max: usize) -> (usize, sluic
         assert!(!d.allowed, "expected a denial");
         assert!(matches!(d.reason, Reason::Limited(_)), "{:?}", d.reason);
         if let Some(b) = d.banned {
-            return (i, b);
+            return (i, *b);
         }
     }
     panic!("no ban after {max} denials");
