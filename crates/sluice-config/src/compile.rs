@@ -24,6 +24,8 @@ use crate::raw::*;
 use crate::settings::*;
 use crate::Config;
 
+mod http_gateway;
+
 type Result<T> = std::result::Result<T, ConfigError>;
 
 /// Built-in actions whose cost is a number of bytes.
@@ -935,11 +937,7 @@ impl Compiler<'_> {
                     ),
                 ));
             }
-            c.http.push(HttpGateway {
-                listen,
-                upstream: up.clone(),
-                protocol: r.protocol,
-            });
+            c.http.push(self.http_gateway(r, listen)?);
         }
         Ok(c)
     }

@@ -49,8 +49,8 @@ use std::path::{Path, PathBuf};
 pub use error::{ConfigError, EXIT_CONFIG};
 pub use preset::{presets_table, Preset, UnknownPreset};
 pub use settings::{
-    BandwidthConfig, GatewayConfig, HttpGateway, HttpProtocol, NetworkConfig, OnError, PrivacyConfig,
-    ProxyVersion, ServerConfig, StoreConfig, StoreKind, TcpGateway,
+    AppserviceToken, BandwidthConfig, GatewayConfig, HttpGateway, HttpProtocol, HttpRule, NetworkConfig,
+    OnError, PrivacyConfig, ProxyVersion, ServerConfig, StoreConfig, StoreKind, TcpGateway, UserIdentity,
 };
 /// The rate type used throughout the configuration.
 pub use sluice_core::Rate;
@@ -105,7 +105,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
 }
 
 /// Reads and parses a configuration file. Errors name `path` as given.
-/// Relative `admin_token_file` and `state_dir` are resolved against the
+/// Relative `admin_token_file`, `state_dir` and gateway files are resolved against the
 /// file's directory, so the config means the same from any working directory.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
@@ -120,6 +120,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     {
         if p.is_relative() {
             *p = base.join(&*p);
+        }
+    }
+    for g in &mut config.gateway.http {
+        let files = g.appservices.iter_mut().map(|a| &mut a.token_file);
+        for p in [&mut g.tls_cert, &mut g.tls_key].into_iter().flatten().chain(files) {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
         }
     }
     config.source = Some(path.to_owned());

@@ -10,7 +10,7 @@ use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::settings::{HttpProtocol, OnError, ProxyVersion, StoreKind};
+use crate::settings::{HttpProtocol, OnError, ProxyVersion, StoreKind, UserIdentity};
 
 type S<T> = Spanned<T>;
 /// A table of user-named keys (actions), values spanned.
@@ -243,4 +243,29 @@ pub(crate) struct RawHttp {
     pub listen: S<String>,
     pub upstream: S<String>,
     pub protocol: HttpProtocol,
+    pub tls_cert: Option<S<String>>,
+    pub tls_key: Option<S<String>>,
+    pub user_identity: Option<UserIdentity>,
+    #[serde(default)]
+    pub appservice: Vec<S<RawAppservice>>,
+    #[serde(default)]
+    pub rule: Vec<S<RawRule>>,
+    pub long_polls_per_account: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAppservice {
+    pub id: S<String>,
+    pub token_file: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRule {
+    pub method: Option<S<String>>,
+    pub path: S<String>,
+    pub side: Option<S<String>>,
+    pub action: S<String>,
+    pub bytes: Option<bool>,
 }

@@ -214,4 +214,55 @@ pub struct HttpGateway {
     pub upstream: String,
     /// Matrix, JMAP or generic.
     pub protocol: HttpProtocol,
+    /// Serve TLS with this certificate chain (PEM); set with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// How an access token becomes a user target.
+    pub user_identity: UserIdentity,
+    /// Application services known by their tokens (`[[gateway.http.appservice]]`).
+    pub appservices: Vec<AppserviceToken>,
+    /// Method and path rules, tried before the protocol's own table
+    /// (`[[gateway.http.rule]]`).
+    pub rules: Vec<HttpRule>,
+    /// Simultaneous long polls (Matrix `/sync`, JMAP push) per account,
+    /// counted apart from the account's other requests (default 8).
+    pub long_polls_per_account: u32,
+}
+
+/// How an HTTP gateway turns an access token into a user target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserIdentity {
+    /// Ask the Matrix upstream's `whoami` once per token and cache the user
+    /// ID (the default for Matrix): every device of a user shares one budget.
+    #[default]
+    Whoami,
+    /// A keyed hash of the token: no extra upstream call, one budget per
+    /// token (device).
+    TokenHash,
+}
+
+/// An application service's token (`[[gateway.http.appservice]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppserviceToken {
+    /// The appservice target's name.
+    pub id: String,
+    /// A file holding the `as_token`.
+    pub token_file: PathBuf,
+}
+
+/// One `[[gateway.http.rule]]`: requests it matches count as `action`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRule {
+    /// The method (upper case); `None` matches any.
+    pub method: Option<String>,
+    /// The path: exact, or a prefix when it ends in `*`.
+    pub path: String,
+    /// Client or federation.
+    pub side: Side,
+    /// The action charged (besides `request`).
+    pub action: String,
+    /// Charge the body's bytes (uploads) rather than 1.
+    pub bytes: bool,
 }

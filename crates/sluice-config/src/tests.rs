@@ -1004,6 +1004,60 @@ fn gateway_errors() {
 }
 
 #[test]
+fn http_gateway_options() {
+    let base = "[[gateway.http]]\nlisten = \"127.0.0.1:8008\"\nupstream = \"http://127.0.0.1:18008\"\n";
+    let c = ok(&format!("{base}protocol = \"matrix\"\n"));
+    let g = &c.gateway.http[0];
+    assert_eq!(g.user_identity, UserIdentity::Whoami);
+    assert_eq!(g.long_polls_per_account, 8);
+    assert!(g.rules.is_empty() && g.appservices.is_empty() && g.tls_cert.is_none());
+    let c = ok(&format!(
+        "{base}protocol = \"generic\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nuser_identity = \"token_hash\"\nlong_polls_per_account = 2\n\
+         [[gateway.http.appservice]]\nid = \"irc\"\ntoken_file = \"irc.token\"\n\
+         [[gateway.http.rule]]\nmethod = \"POST\"\npath = \"/upload/*\"\naction = \"media_create\"\nbytes = true\n\
+         [[gateway.http.rule]]\npath = \"/fed\"\nside = \"federation\"\naction = \"transaction\"\n"
+    ));
+    let g = &c.gateway.http[0];
+    assert_eq!(g.user_identity, UserIdentity::TokenHash);
+    assert_eq!(g.long_polls_per_account, 2);
+    assert_eq!(g.appservices[0].id, "irc");
+    assert_eq!(g.tls_key.as_deref(), Some(std::path::Path::new("k.pem")));
+    assert_eq!(
+        g.rules[0],
+        HttpRule {
+            method: Some("POST".into()),
+            path: "/upload/*".into(),
+            side: Side::Client,
+            action: "media_create".into(),
+            bytes: true,
+        }
+    );
+    assert_eq!(g.rules[1].side, Side::Federation);
+
+    let m = |body: &str| format!("{base}protocol = \"matrix\"\n{body}");
+    err_at(&m("tls_cert = \"c.pem\"\n"), 5, 12, "tls_key");
+    err_at(&m("tls_key = \"k.pem\"\n"), 5, 11, "tls_cert");
+    err_at(&m("user_identity = \"guess\"\n"), 5, 17, "unknown variant `guess`");
+    err_at(&m("long_polls_per_account = 0\n"), 5, 26, "between 1 and 1024");
+    err_at(&m("[[gateway.http.rule]]\npath = \"/x\"\naction = \"teleport\"\n"), 7, 10, "unknown client action");
+    err_at(&m("[[gateway.http.rule]]\npath = \"x\"\naction = \"login\"\n"), 6, 8, "start with '/'");
+    err_at(&m("[[gateway.http.rule]]\npath = \"/a*b\"\naction = \"login\"\n"), 6, 8, "end in '*'");
+    err_at(
+        &m("[[gateway.http.rule]]\nmethod = \"post\"\npath = \"/a\"\naction = \"login\"\n"),
+        6,
+        10,
+        "upper-case",
+    );
+    err_at(&m("[[gateway.http.rule]]\npath = \"/a\"\naction = \"login\"\ncost = 3\n"), 8, 1, "unknown field `cost`");
+    err_at(
+        &m("[[gateway.http.appservice]]\nid = \"a\"\ntoken_file = \"t\"\n[[gateway.http.appservice]]\nid = \"a\"\ntoken_file = \"u\"\n"),
+        9,
+        6,
+        "twice",
+    );
+}
+
+#[test]
 fn hostile_input_never_panics() {
     let samples = [
         "\u{0}",

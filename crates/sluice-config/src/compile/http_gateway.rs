@@ -1,0 +1,95 @@
+//! `[[gateway.http]]`: TLS files, identity, appservice tokens and rules.
+
+use std::net::SocketAddr;
+
+use sluice_core::{Side, Target};
+
+use super::{span_of, Compiler, Result};
+use crate::raw::RawHttp;
+use crate::settings::{AppserviceToken, HttpGateway, HttpRule, UserIdentity};
+
+impl Compiler<'_> {
+    pub(super) fn http_gateway(&self, r: &RawHttp, listen: SocketAddr) -> Result<HttpGateway> {
+        let tls_cert = r.tls_cert.as_ref().map(|p| self.path(p)).transpose()?;
+        let tls_key = r.tls_key.as_ref().map(|p| self.path(p)).transpose()?;
+        match (&r.tls_cert, &r.tls_key) {
+            (Some(c), None) => return Err(self.err(span_of(c), "tls_cert needs tls_key")),
+            (None, Some(k)) => return Err(self.err(span_of(k), "tls_key needs tls_cert")),
+            _ => {}
+        }
+        let mut appservices: Vec<AppserviceToken> = Vec::new();
+        for a in &r.appservice {
+            let a = a.get_ref();
+            let id = a.id.get_ref();
+            Target::appservice(id).map_err(|e| self.err(span_of(&a.id), e))?;
+            if appservices.iter().any(|x| x.id == *id) {
+                return Err(self.err(span_of(&a.id), format!("appservice {id:?} is listed twice")));
+            }
+            appservices.push(AppserviceToken {
+                id: id.clone(),
+                token_file: self.path(&a.token_file)?,
+            });
+        }
+        let mut rules = Vec::new();
+        for rule in &r.rule {
+            let rule = rule.get_ref();
+            let method = match &rule.method {
+                None => None,
+                Some(m) => {
+                    let v = m.get_ref();
+                    if v.is_empty() || v.len() > 32 || !v.bytes().all(|b| b.is_ascii_uppercase()) {
+                        return Err(self.err(
+                            span_of(m),
+                            format!("method must be an upper-case HTTP method such as \"POST\", got {v:?}"),
+                        ));
+                    }
+                    Some(v.clone())
+                }
+            };
+            let path = rule.path.get_ref();
+            let star = path.find('*');
+            if !path.starts_with('/') || star.is_some_and(|i| i + 1 != path.len()) {
+                return Err(self.err(
+                    span_of(&rule.path),
+                    format!("path must start with '/' and may end in '*' (a prefix), got {path:?}"),
+                ));
+            }
+            let side = match &rule.side {
+                None => Side::Client,
+                Some(s) => s.get_ref().parse().map_err(|e| self.err(span_of(s), e))?,
+            };
+            let action = rule.action.get_ref();
+            if !self.actions.contains_key(&(side, action.clone())) {
+                return Err(self.err(
+                    span_of(&rule.action),
+                    format!("unknown {side} action {action:?} (declare it under [actions.{side}])"),
+                ));
+            }
+            rules.push(HttpRule {
+                method,
+                path: path.clone(),
+                side,
+                action: action.clone(),
+                bytes: rule.bytes.unwrap_or(false),
+            });
+        }
+        let long_polls_per_account = match &r.long_polls_per_account {
+            None => 8,
+            Some(n) => match u32::try_from(*n.get_ref()) {
+                Ok(n) if (1..=1024).contains(&n) => n,
+                _ => return Err(self.err(span_of(n), "long_polls_per_account must be between 1 and 1024")),
+            },
+        };
+        Ok(HttpGateway {
+            listen,
+            upstream: r.upstream.get_ref().clone(),
+            protocol: r.protocol,
+            tls_cert,
+            tls_key,
+            user_identity: r.user_identity.unwrap_or(UserIdentity::Whoami),
+            appservices,
+            rules,
+            long_polls_per_account,
+        })
+    }
+}
