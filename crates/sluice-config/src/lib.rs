@@ -124,7 +124,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     }
     for g in &mut config.gateway.http {
         let files = g.appservices.iter_mut().map(|a| &mut a.token_file);
-        for p in [&mut g.tls_cert, &mut g.tls_key].into_iter().flatten().chain(files) {
+        for p in [&mut g.tls_cert, &mut g.tls_key]
+            .into_iter()
+            .flatten()
+            .chain(files)
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

@@ -1037,18 +1037,43 @@ fn http_gateway_options() {
     let m = |body: &str| format!("{base}protocol = \"matrix\"\n{body}");
     err_at(&m("tls_cert = \"c.pem\"\n"), 5, 12, "tls_key");
     err_at(&m("tls_key = \"k.pem\"\n"), 5, 11, "tls_cert");
-    err_at(&m("user_identity = \"guess\"\n"), 5, 17, "unknown variant `guess`");
+    err_at(
+        &m("user_identity = \"guess\"\n"),
+        5,
+        17,
+        "unknown variant `guess`",
+    );
     err_at(&m("long_polls_per_account = 0\n"), 5, 26, "between 1 and 1024");
-    err_at(&m("[[gateway.http.rule]]\npath = \"/x\"\naction = \"teleport\"\n"), 7, 10, "unknown client action");
-    err_at(&m("[[gateway.http.rule]]\npath = \"x\"\naction = \"login\"\n"), 6, 8, "start with '/'");
-    err_at(&m("[[gateway.http.rule]]\npath = \"/a*b\"\naction = \"login\"\n"), 6, 8, "end in '*'");
+    err_at(
+        &m("[[gateway.http.rule]]\npath = \"/x\"\naction = \"teleport\"\n"),
+        7,
+        10,
+        "unknown client action",
+    );
+    err_at(
+        &m("[[gateway.http.rule]]\npath = \"x\"\naction = \"login\"\n"),
+        6,
+        8,
+        "start with '/'",
+    );
+    err_at(
+        &m("[[gateway.http.rule]]\npath = \"/a*b\"\naction = \"login\"\n"),
+        6,
+        8,
+        "end in '*'",
+    );
     err_at(
         &m("[[gateway.http.rule]]\nmethod = \"post\"\npath = \"/a\"\naction = \"login\"\n"),
         6,
         10,
         "upper-case",
     );
-    err_at(&m("[[gateway.http.rule]]\npath = \"/a\"\naction = \"login\"\ncost = 3\n"), 8, 1, "unknown field `cost`");
+    err_at(
+        &m("[[gateway.http.rule]]\npath = \"/a\"\naction = \"login\"\ncost = 3\n"),
+        8,
+        1,
+        "unknown field `cost`",
+    );
     err_at(
         &m("[[gateway.http.appservice]]\nid = \"a\"\ntoken_file = \"t\"\n[[gateway.http.appservice]]\nid = \"a\"\ntoken_file = \"u\"\n"),
         9,
