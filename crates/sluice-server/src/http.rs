@@ -26,7 +26,9 @@ use crate::top::TopBy;
 /// `retry_after_ms` or `Retry-After` do not overflow.
 const NEVER_MS: u64 = 365 * 86_400_000;
 
-fn ms(d: Duration) -> u64 {
+/// A wait in whole milliseconds, rounded up, for `retry_after_ms` fields
+/// (`Duration::MAX`, "never", is a year).
+pub fn ms(d: Duration) -> u64 {
     if d == Duration::MAX {
         NEVER_MS
     } else {
@@ -121,8 +123,9 @@ fn decision_json(d: &Decision) -> serde_json::Map<String, Value> {
 /// `Retry-After` and the IETF `RateLimit` / `RateLimit-Policy` fields
 /// (draft-ietf-httpapi-ratelimit-headers): one policy item per rate limit,
 /// named after the limit, `q` its quota, `w` its window in seconds; `r` the
-/// remaining quota and `t` seconds until it is whole again.
-fn rate_headers(d: &Decision, h: &mut HeaderMap) {
+/// remaining quota and `t` seconds until it is whole again. Shared with the
+/// HTTP gateway, which sets them on the routes it limits.
+pub fn rate_headers(d: &Decision, h: &mut HeaderMap) {
     if !d.allowed {
         if let Ok(v) = HeaderValue::from_str(&secs_ceil(d.retry_after).to_string()) {
             h.insert(header::RETRY_AFTER, v);

@@ -28,5 +28,5 @@ mod serve;
 pub mod top;
 
 pub use app::{default_state_dir, App, MetricsSource, ServerError};
-pub use http::router;
+pub use http::{ms as retry_ms, rate_headers, router};
 pub use serve::{run, serve, shutdown_signal};
