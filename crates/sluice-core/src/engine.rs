@@ -399,6 +399,8 @@ struct Inner {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     hasher: foldhash::quality::RandomState,
+    /// The global target's hash, computed once.
+    global_hash: u64,
     bans: Bans,
     autoban: Mutex<AutobanState>,
     lease_seq: AtomicU64,
@@ -429,6 +431,14 @@ impl std::fmt::Debug for Engine {
 }
 
 #[inline]
+fn target_hash_with(hasher: &foldhash::quality::RandomState, t: &Target) -> u64 {
+    use std::hash::Hasher;
+    let mut h = hasher.build_hasher();
+    t.hash_into(&mut h);
+    h.finish()
+}
+
+#[inline]
 fn mix(a: u64, b: u64) -> u64 {
     // murmur3's fmix64 over two keyed hashes: both inputs are secret-seeded,
     // so the result is as unpredictable as they are.
@@ -455,6 +465,7 @@ impl Engine {
                 compiled: ArcSwap::from_pointee(compiled),
                 store,
                 clock,
+                global_hash: target_hash_with(&hasher, &Target::Global),
                 hasher,
                 bans: Bans::new(),
                 autoban: Mutex::new(AutobanState::default()),
@@ -558,10 +569,10 @@ impl Engine {
 
     #[inline]
     fn target_hash(&self, t: &Target) -> u64 {
-        use std::hash::Hasher;
-        let mut h = self.inner.hasher.build_hasher();
-        t.hash_into(&mut h);
-        h.finish()
+        match t {
+            Target::Global => self.inner.global_hash,
+            t => target_hash_with(&self.inner.hasher, t),
+        }
     }
 
     /// Plans a decision: resolves targets, exemptions, bans and the limits
