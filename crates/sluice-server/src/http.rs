@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
+use serde::Serialize;
 use serde_json::{json, Value};
 use sluice_core::{Decision, Lease, LimitReport, Mode, Reason, Request as EngineRequest, Target};
 
@@ -89,36 +90,99 @@ async fn body_bytes(app: &App, body: Body) -> Result<axum::body::Bytes, Response
 }
 
 fn limit_json(l: &LimitReport) -> Value {
-    json!({
-        "name": l.name,
-        "remaining": l.remaining,
-        "reset_ms": ms(l.reset),
-        "limit": l.limit,
-        "window_ms": l.window.map(ms),
-        "outcome": l.outcome.as_str(),
-    })
+    serde_json::to_value(LimitOut::from(l)).unwrap_or(Value::Null)
 }
 
-fn decision_json(d: &Decision) -> serde_json::Map<String, Value> {
-    let mut m = serde_json::Map::new();
-    m.insert("allowed".into(), d.allowed.into());
-    m.insert("retry_after_ms".into(), ms(d.retry_after).into());
-    m.insert("reason".into(), reason_str(d).into());
-    match &d.reason {
-        Reason::Limited(name) | Reason::TooLarge(name) => {
-            m.insert("limit".into(), (**name).into());
-        }
-        Reason::Banned(b) => {
-            m.insert(
-                "ban".into(),
-                json!({"reason": &*b.reason, "expires_ms": b.expires.map(|e| e / 1_000_000)}),
-            );
-        }
-        _ => {}
-    }
-    m.insert("limits".into(), d.limits.iter().map(limit_json).collect());
-    m
+// Response bodies of the decision path, serialised straight from borrowed
+// fields (no intermediate `serde_json::Value` tree). Fields are in
+// alphabetical order, as the `Value` maps used to print them.
+
+#[derive(Serialize)]
+struct LimitOut<'a> {
+    limit: u64,
+    name: &'a str,
+    outcome: &'static str,
+    remaining: u64,
+    reset_ms: u64,
+    window_ms: Option<u64>,
 }
+
+impl<'a> From<&'a LimitReport> for LimitOut<'a> {
+    fn from(l: &'a LimitReport) -> Self {
+        Self {
+            limit: l.limit,
+            name: l.name,
+            outcome: l.outcome.as_str(),
+            remaining: l.remaining,
+            reset_ms: ms(l.reset),
+            window_ms: l.window.map(ms),
+        }
+    }
+}
+
+struct LimitsOut<'a>(&'a [LimitReport]);
+
+impl Serialize for LimitsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(LimitOut::from))
+    }
+}
+
+#[derive(Serialize)]
+struct BanOut<'a> {
+    expires_ms: Option<u64>,
+    reason: &'a str,
+}
+
+/// The body of `/v1/check`.
+#[derive(Serialize)]
+struct CheckOut<'a> {
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ban: Option<BanOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<&'a str>,
+    limits: LimitsOut<'a>,
+    reason: &'static str,
+    retry_after_ms: u64,
+}
+
+impl<'a> From<&'a Decision> for CheckOut<'a> {
+    fn from(d: &'a Decision) -> Self {
+        let (limit, ban) = match &d.reason {
+            Reason::Limited(name) | Reason::TooLarge(name) => (Some(&**name), None),
+            Reason::Banned(b) => (
+                None,
+                Some(BanOut {
+                    expires_ms: b.expires.map(|e| e / 1_000_000),
+                    reason: &b.reason,
+                }),
+            ),
+            _ => (None, None),
+        };
+        Self {
+            allowed: d.allowed,
+            ban,
+            limit,
+            limits: LimitsOut(&d.limits),
+            reason: reason_str(d),
+            retry_after_ms: ms(d.retry_after),
+        }
+    }
+}
+
+/// The body of `/v1/acquire`.
+#[derive(Serialize)]
+struct AcquireOut<'a> {
+    allowed: bool,
+    lease: Option<String>,
+    limits: LimitsOut<'a>,
+    reason: &'static str,
+    retry_after_ms: u64,
+}
+
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// `Retry-After` and the IETF `RateLimit` / `RateLimit-Policy` fields
 /// (draft-ietf-httpapi-ratelimit-headers): one policy item per rate limit,
@@ -126,35 +190,27 @@ fn decision_json(d: &Decision) -> serde_json::Map<String, Value> {
 /// remaining quota and `t` seconds until it is whole again. Shared with the
 /// HTTP gateway, which sets them on the routes it limits.
 pub fn rate_headers(d: &Decision, h: &mut HeaderMap) {
+    use std::fmt::Write as _;
     if !d.allowed {
-        if let Ok(v) = HeaderValue::from_str(&secs_ceil(d.retry_after).to_string()) {
-            h.insert(header::RETRY_AFTER, v);
-        }
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs_ceil(d.retry_after)));
     }
-    let rates: Vec<&LimitReport> = d.limits.iter().filter(|l| l.window.is_some()).collect();
-    if rates.is_empty() {
+    let mut policy = String::new();
+    let mut state = String::new();
+    for l in d.limits.iter() {
+        let Some(window) = l.window else { continue };
+        if !policy.is_empty() {
+            policy.push_str(", ");
+            state.push_str(", ");
+        }
+        let _ = write!(policy, "\"{}\";q={};w={}", l.name, l.limit, secs_ceil(window));
+        let _ = write!(state, "\"{}\";r={};t={}", l.name, l.remaining, secs_ceil(l.reset));
+    }
+    if policy.is_empty() {
         return;
     }
-    let policy = rates
-        .iter()
-        .map(|l| {
-            format!(
-                "\"{}\";q={};w={}",
-                l.name,
-                l.limit,
-                secs_ceil(l.window.unwrap_or_default())
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let state = rates
-        .iter()
-        .map(|l| format!("\"{}\";r={};t={}", l.name, l.remaining, secs_ceil(l.reset)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    if let (Ok(p), Ok(s)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&state)) {
-        h.insert("ratelimit-policy", p);
-        h.insert("ratelimit", s);
+    if let (Ok(p), Ok(s)) = (HeaderValue::try_from(policy), HeaderValue::try_from(state)) {
+        h.insert(RATELIMIT_POLICY, p);
+        h.insert(RATELIMIT, s);
     }
 }
 
@@ -179,29 +235,48 @@ fn engine_error(app: &App, e: sluice_core::EngineError) -> Response {
     }
 }
 
+/// A parsed decision request and the targets it names, normalised as the
+/// engine will plan them (what `top` and the logs record).
+fn parsed(
+    app: &App,
+    parse: impl FnOnce(&sluice_core::Policy) -> Result<input::Ask, FieldError>,
+) -> Result<(input::Ask, Seen), FieldError> {
+    app.engine().with_policy(|p| {
+        let ask = parse(p)?;
+        let t = &ask.targets;
+        let mut seen = Seen::with_capacity(4);
+        seen.extend(t.ip.map(|ip| p.normalizer().ip_target(ip)));
+        seen.extend([&t.user, &t.server, &t.appservice].into_iter().flatten().cloned());
+        Ok((ask, seen))
+    })
+}
+
+/// The targets of one request (at most four).
+type Seen = Vec<Target>;
+
 async fn decide(app: App, body: Body, acquire: bool) -> Response {
     let bytes = match body_bytes(&app, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let ask = match app.engine().with_policy(|p| input::ask(&bytes, p, acquire)) {
+    let (ask, seen) = match parsed(&app, |p| input::ask(&bytes, p, acquire)) {
         Ok(a) => a,
         Err(e) => return bad(&app, e),
     };
-    match run_decision(&app, ask, acquire) {
+    match run_decision(&app, ask, &seen, acquire) {
         Ok((d, headers)) => {
-            let body = if acquire {
-                json!({
-                    "allowed": d.allowed,
-                    "lease": d.lease.map(|l| l.token()),
-                    "retry_after_ms": ms(d.retry_after),
-                    "reason": reason_str(&d),
-                    "limits": d.limits.iter().map(limit_json).collect::<Vec<_>>(),
-                })
+            if acquire {
+                let body = AcquireOut {
+                    allowed: d.allowed,
+                    lease: d.lease.map(|l| l.token()),
+                    limits: LimitsOut(&d.limits),
+                    reason: reason_str(&d),
+                    retry_after_ms: ms(d.retry_after),
+                };
+                (StatusCode::OK, headers, axum::Json(body)).into_response()
             } else {
-                Value::Object(decision_json(&d))
-            };
-            (StatusCode::OK, headers, axum::Json(body)).into_response()
+                (StatusCode::OK, headers, axum::Json(CheckOut::from(&d))).into_response()
+            }
         }
         Err(r) => *r,
     }
@@ -211,11 +286,11 @@ async fn decide(app: App, body: Body, acquire: bool) -> Response {
 /// (nginx): `204` allowed, `403` denied (nginx treats any other status as an
 /// error), with `Retry-After` and the `RateLimit` fields either way.
 async fn auth(State(app): State<App>, Query(q): Query<Vec<(String, String)>>) -> Response {
-    let ask = match app.engine().with_policy(|p| input::ask_query(&q, p)) {
+    let (ask, seen) = match parsed(&app, |p| input::ask_query(&q, p)) {
         Ok(a) => a,
         Err(e) => return bad(&app, e),
     };
-    match run_decision(&app, ask, false) {
+    match run_decision(&app, ask, &seen, false) {
         Ok((d, headers)) => {
             let status = if d.allowed {
                 StatusCode::NO_CONTENT
@@ -228,9 +303,13 @@ async fn auth(State(app): State<App>, Query(q): Query<Vec<(String, String)>>) ->
     }
 }
 
-/// Plans, asks the store, finishes and observes one decision.
-fn run_decision(app: &App, ask: input::Ask, acquire: bool) -> Result<(Decision, HeaderMap), Box<Response>> {
-    let app = app.clone();
+/// Decides one request (plan, store, finish in the engine) and observes it.
+fn run_decision(
+    app: &App,
+    ask: input::Ask,
+    seen: &[Target],
+    acquire: bool,
+) -> Result<(Decision, HeaderMap), Box<Response>> {
     let req = EngineRequest {
         side: ask.side,
         action: &ask.action,
@@ -242,22 +321,12 @@ fn run_decision(app: &App, ask: input::Ask, acquire: bool) -> Result<(Decision, 
         (false, true) => Mode::DryRun,
         (false, false) => Mode::Check,
     };
-    let plan = app
+    let d = app
         .engine()
-        .plan(&req, mode)
-        .map_err(|e| Box::new(engine_error(&app, e)))?;
-    let targets = plan.targets().to_vec();
-    let outcome = if plan.needs_store() {
-        app.engine()
-            .store()
-            .decide(plan.batch(), plan.now())
-            .map_err(|e| Box::new(engine_error(&app, e.into())))?
-    } else {
-        Default::default()
-    };
-    let d = app.engine().finish(plan, outcome);
+        .decide(&req, mode)
+        .map_err(|e| Box::new(engine_error(app, e)))?;
     if !ask.dry_run {
-        app.observe(ask.side, &ask.action, &targets, &d);
+        app.observe(ask.side, &ask.action, seen, &d);
     }
     let mut headers = HeaderMap::new();
     rate_headers(&d, &mut headers);

@@ -6,6 +6,13 @@
 //! requests and inherits its counts (the *space-saving* algorithm): heavy
 //! hitters are never lost under a flood of one-off addresses, and counts
 //! can only over-estimate.
+//!
+//! Finding that replacement is a scan of the shard, so a full shard keeps a
+//! short list of targets that held the minimum counts at the last scan. Counts
+//! only grow and a newcomer starts above the minimum it replaced, so a listed
+//! target whose counts are unchanged still holds the minimum: under a flood
+//! of fresh addresses one scan serves up to `VICTIMS` replacements instead of
+//! one.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
@@ -16,9 +23,13 @@ use sluice_core::{Nanos, Target};
 
 const SHARDS: usize = 16;
 const PER_SHARD: usize = 256;
+/// Replacement candidates kept per scan of a full shard.
+const VICTIMS: usize = 64;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 struct Counts {
+    // Field order is the replacement order: fewest requests, then fewest
+    // denials.
     requests: u64,
     denials: u64,
 }
@@ -28,6 +39,33 @@ struct Shard {
     started: Nanos,
     current: HashMap<Target, Counts>,
     previous: HashMap<Target, Counts>,
+    /// Targets of `current` that held the minimum counts, `floor`, when
+    /// last scanned.
+    victims: Vec<Target>,
+    floor: Counts,
+}
+
+impl Shard {
+    /// Removes a target holding the minimum counts and returns its counts.
+    fn take_victim(&mut self) -> Option<Counts> {
+        loop {
+            while let Some(t) = self.victims.pop() {
+                if self.current.get(&t) == Some(&self.floor) {
+                    self.current.remove(&t);
+                    return Some(self.floor);
+                }
+            }
+            let floor = self.current.values().min().copied()?;
+            self.floor = floor;
+            self.victims.extend(
+                self.current
+                    .iter()
+                    .filter(|(_, c)| **c == floor)
+                    .take(VICTIMS)
+                    .map(|(t, _)| t.clone()),
+            );
+        }
+    }
 }
 
 /// One row of `top`.
@@ -84,6 +122,7 @@ impl TopTracker {
                 std::mem::take(&mut s.current)
             };
             s.current.clear();
+            s.victims.clear();
             s.started = now;
         }
     }
@@ -103,15 +142,7 @@ impl TopTracker {
         }
         let mut start = Counts::default();
         if s.current.len() >= PER_SHARD {
-            let victim = s
-                .current
-                .iter()
-                .min_by_key(|(_, c)| (c.requests, c.denials))
-                .map(|(t, c)| (t.clone(), *c));
-            if let Some((vt, vc)) = victim {
-                s.current.remove(&vt);
-                start = vc;
-            }
+            start = s.take_victim().unwrap_or_default();
         }
         s.current.insert(
             t.clone(),
@@ -183,6 +214,36 @@ mod tests {
         let rows = top.top(TopBy::Denials, 3, 2);
         assert_eq!(rows[0].target, heavy);
         assert!(rows[0].denials >= 10_000);
+    }
+
+    #[test]
+    fn counts_only_over_estimate_and_sum_to_the_requests() {
+        let top = TopTracker::new(Duration::from_secs(60));
+        let mut truth: HashMap<Target, u64> = HashMap::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let n = 50_000u64;
+        for _ in 0..n {
+            // xorshift: a skewed mix of repeat and one-off addresses.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let id = if x % 4 == 0 { x % 50 } else { x % 100_000 } as u32;
+            let t = Target::Ip(std::net::IpAddr::from(id.to_be_bytes()).into());
+            top.record(&t, id % 2 == 0, 1);
+            *truth.entry(t).or_default() += 1;
+        }
+        let rows = top.top(TopBy::Requests, usize::MAX, 2);
+        assert_eq!(rows.len(), SHARDS * PER_SHARD);
+        assert_eq!(rows.iter().map(|r| r.requests).sum::<u64>(), n);
+        for r in &rows {
+            assert!(r.requests >= truth[&r.target], "{r:?}");
+        }
+        let mut heavy: Vec<_> = truth.iter().filter(|(_, c)| **c > 300).collect();
+        heavy.sort();
+        assert!(!heavy.is_empty());
+        for (t, _) in heavy {
+            assert!(rows.iter().any(|r| r.target == *t), "{t} lost");
+        }
     }
 
     #[test]
