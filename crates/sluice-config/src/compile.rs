@@ -25,6 +25,7 @@ use crate::settings::*;
 use crate::Config;
 
 mod http_gateway;
+mod tcp_gateway;
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
@@ -912,13 +913,8 @@ impl Compiler<'_> {
                     "accept_proxy needs [network] trusted_proxies: a PROXY header from anyone else would let clients pick their own address",
                 ));
             }
-            c.tcp.push(TcpGateway {
-                listen,
-                upstream: up.clone(),
-                side,
-                accept_proxy,
-                send_proxy: r.send_proxy,
-            });
+            c.tcp
+                .push(self.tcp_gateway(r, listen, up.clone(), side, accept_proxy)?);
         }
         for g in &raw.http {
             let r = g.get_ref();

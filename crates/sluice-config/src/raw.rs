@@ -235,6 +235,13 @@ pub(crate) struct RawTcp {
     #[serde(default)]
     pub accept_proxy: Option<S<bool>>,
     pub send_proxy: Option<ProxyVersion>,
+    pub header_timeout: Option<S<String>>,
+    pub connect_timeout: Option<S<String>>,
+    pub idle_timeout: Option<S<String>>,
+    pub drain_timeout: Option<S<String>>,
+    pub max_connections: Option<S<i64>>,
+    pub stream_error: Option<S<String>>,
+    pub throttle: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

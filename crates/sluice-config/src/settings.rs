@@ -191,6 +191,49 @@ pub struct TcpGateway {
     pub accept_proxy: bool,
     /// Send a PROXY header with the real client address to the upstream.
     pub send_proxy: Option<ProxyVersion>,
+    /// Time a trusted proxy has to send its whole PROXY header (default 3s).
+    pub header_timeout: Duration,
+    /// Time allowed to connect to the upstream (default 5s).
+    pub connect_timeout: Duration,
+    /// A connection with no byte in either direction for this long is
+    /// closed (default 10m; `None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// On shutdown, how long open connections may go on before they are
+    /// closed (default 30s).
+    pub drain_timeout: Duration,
+    /// Open connections on this listener, all clients together (default 10000).
+    pub max_connections: u32,
+    /// When set, a refused connection is sent an XMPP stream error
+    /// `policy-violation` with this text before it is closed.
+    pub stream_error: Option<String>,
+    /// Which directions `[bandwidth]` throttles (default: what clients send).
+    pub throttle: Throttle,
+}
+
+/// Which directions of a TCP gateway's connections the bandwidth limits slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Throttle {
+    /// Bytes from the client to the upstream (the default).
+    #[default]
+    In,
+    /// Bytes from the upstream to the client.
+    Out,
+    /// Both directions, each with its own per-connection budget.
+    Both,
+    /// Neither.
+    Off,
+}
+
+impl Throttle {
+    /// Whether client → upstream bytes are throttled.
+    pub fn inbound(self) -> bool {
+        matches!(self, Throttle::In | Throttle::Both)
+    }
+
+    /// Whether upstream → client bytes are throttled.
+    pub fn outbound(self) -> bool {
+        matches!(self, Throttle::Out | Throttle::Both)
+    }
 }
 
 /// What an HTTP gateway proxies, which decides how requests map to actions.

@@ -24,7 +24,11 @@ pub fn run(config: Option<PathBuf>, log_level: Option<String>) -> anyhow::Result
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let app = sluice_server::App::new(config)?;
-        sluice_server::run(app).await
+        // Listeners are bound before the service runs: a port in use is a
+        // startup error, not a log line.
+        sluice_gateway::start(&app).await?;
+        sluice_server::run(app).await?;
+        Ok::<(), anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
 }
