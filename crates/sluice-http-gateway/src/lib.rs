@@ -1,0 +1,285 @@
+//! sluice's HTTP gateway: a reverse proxy in front of an unmodified Matrix
+//! homeserver (Synapse, Conduit) or JMAP server (Stalwart) that knows which
+//! endpoint a request hits and who is asking, applies the policy's limits,
+//! answers in the protocol's own error format, and hands the real client
+//! address on.
+//!
+//! It is run by `sluice serve` for each `[[gateway.http]]` of the config,
+//! next to the decision API, with the same engine — so admin commands,
+//! bans, `/metrics`, `sluice top` and reload cover it. The TCP gateway
+//! (XMPP) lives in `sluice-gateway`; this crate is separate so that one
+//! does not compile an HTTP client stack.
+//!
+//! The parts, in the order a request meets them: [`forwarded`] (the client
+//! address), [`route`] (endpoint → action tables), [`identity`] (token,
+//! appservice, `X-Matrix` origin, Basic), then [`Gateway::handle`] (limits,
+//! forwarding, watching the answer) with [`body`] (streaming byte meters) and
+//! [`respond`] (protocol-native errors). See `docs/gateway-http.md`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = sluice_config::parse(
+//!     r#"
+//! [[gateway.http]]
+//! listen = "127.0.0.1:8008"
+//! upstream = "http://127.0.0.1:18008"
+//! protocol = "matrix"
+//! "#,
+//!     "sluice.toml",
+//! )?;
+//! let app = sluice_server::App::new(config)?;
+//! // Binds every [[gateway.http]] and runs it until the app shuts down.
+//! sluice_http_gateway::start(&app).await?;
+//! let api = tokio::net::TcpListener::bind("127.0.0.1:8470").await?;
+//! sluice_server::serve(api, app, sluice_server::shutdown_signal()).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod body;
+pub mod forwarded;
+pub mod identity;
+mod proxy;
+pub mod respond;
+pub mod route;
+#[cfg(feature = "tls")]
+mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use sluice_config::HttpGateway;
+use sluice_core::Request as Ask;
+use sluice_server::App;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+
+pub use proxy::Gateway;
+
+/// Why a gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The listen address could not be bound.
+    #[error("gateway.http {addr}: cannot listen: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// A file named in the config could not be used.
+    #[error("{path}: {source}", path = .0.display(), source = .1)]
+    File(PathBuf, std::io::Error),
+    /// TLS could not be set up from the files given.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// This build has no TLS (the `tls` feature is off).
+    #[error("gateway.http {0}: TLS configured but this build has no TLS support")]
+    NoTls(SocketAddr),
+    /// An `https://` upstream (not supported yet: put the upstream on
+    /// loopback over plain HTTP).
+    #[error("upstream {0}: https upstreams are not supported yet; use http:// on a private address")]
+    HttpsUpstream(String),
+}
+
+/// How long connections may finish their requests at shutdown.
+const DRAIN: Duration = Duration::from_secs(30);
+/// Time a client has for the TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Binds every `[[gateway.http]]` of `app`'s config and runs each with
+/// [`App::spawn`], so `sluice_server::serve` drains them at shutdown.
+/// Returns the bound addresses (port 0 resolved).
+pub async fn start(app: &App) -> Result<Vec<SocketAddr>, GatewayError> {
+    let mut bound = Vec::new();
+    for cfg in app.config().gateway.http.clone() {
+        let addr = cfg.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| GatewayError::Bind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| GatewayError::Bind { addr, source })?;
+        let gw = Gateway::new(app.clone(), cfg)?;
+        let acceptor = acceptor(&gw.shared.cfg)?;
+        tracing::warn!(listen = %local, upstream = %gw.shared.cfg.upstream, protocol = ?gw.shared.cfg.protocol, "http gateway serving");
+        app.add_metrics(metrics_source(&gw, local));
+        app.spawn(serve(listener, gw, acceptor, app.shutdown_watch()));
+        bound.push(local);
+    }
+    Ok(bound)
+}
+
+#[cfg(feature = "tls")]
+type Acceptor = Option<tokio_rustls::TlsAcceptor>;
+#[cfg(not(feature = "tls"))]
+type Acceptor = Option<Infallible>;
+
+#[cfg(feature = "tls")]
+fn acceptor(cfg: &HttpGateway) -> Result<Acceptor, GatewayError> {
+    match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(c), Some(k)) => tls::acceptor(c, k).map(Some),
+        _ => Ok(None),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn acceptor(cfg: &HttpGateway) -> Result<Acceptor, GatewayError> {
+    match cfg.tls_cert {
+        Some(_) => Err(GatewayError::NoTls(cfg.listen)),
+        None => Ok(None),
+    }
+}
+
+/// Runs `gw` on `listener` until `shutdown` turns true, then lets open
+/// requests finish (at most 30 s).
+pub async fn serve(
+    listener: TcpListener,
+    gw: Gateway,
+    acceptor: Acceptor,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    // Each connection holds a sender; when all are dropped, the drain is over.
+    let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors and the like: wait a little, go on.
+                    tracing::warn!("http gateway accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = gw.clone();
+        let acceptor = acceptor.clone();
+        let open = open_tx.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            // Direct clients (not trusted proxies) are held to the
+            // per-address connection limits, as the TCP gateway does.
+            let Some(slot) = connection_slot(&gw, peer).await else {
+                let mut stream = stream;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+                return;
+            };
+            match acceptor {
+                #[cfg(feature = "tls")]
+                Some(acc) => match tokio::time::timeout(HANDSHAKE, acc.accept(stream)).await {
+                    Ok(Ok(tls)) => connection(gw, tls, peer, stop).await,
+                    _ => tracing::debug!("http gateway: TLS handshake failed"),
+                },
+                #[cfg(not(feature = "tls"))]
+                Some(never) => match never {},
+                None => connection(gw, stream, peer, stop).await,
+            }
+            drop(slot);
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(open_tx);
+    let _ = tokio::time::timeout(DRAIN, open_rx.recv()).await;
+}
+
+async fn connection_slot(gw: &Gateway, peer: SocketAddr) -> Option<Option<sluice_core::Guard>> {
+    let app = &gw.shared.app;
+    let ip = sluice_core::target::canonical_ip(peer.ip());
+    if app
+        .config()
+        .network
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&ip))
+    {
+        return Some(None);
+    }
+    match app.engine().acquire_guard(&Ask::client("connection").ip(ip)) {
+        Ok(Ok(g)) => Some(Some(g)),
+        Ok(Err(d)) => {
+            let t = app.engine().with_policy(|p| p.normalizer().ip_target(ip));
+            app.observe(sluice_core::Side::Client, "connection", &[t], &d);
+            None
+        }
+        Err(_) => Some(None),
+    }
+}
+
+async fn connection<S>(gw: Gateway, io: S, peer: SocketAddr, mut stop: tokio::sync::watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let gw = gw.clone();
+        async move { Ok::<_, Infallible>(gw.handle(req, peer).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let stopping = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stopping => {
+            // Finish the request in flight, then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!("http gateway connection: {e}");
+    }
+}
+
+fn metrics_source(gw: &Gateway, listen: SocketAddr) -> sluice_server::MetricsSource {
+    let gw = gw.clone();
+    Arc::new(move |out: &mut String| {
+        use std::fmt::Write as _;
+        let c = &gw.shared.counters;
+        let l = listen.to_string();
+        let _ = writeln!(out, "# TYPE sluice_http_gateway_requests_total counter");
+        for (outcome, v) in [
+            ("forwarded", &c.forwarded),
+            ("denied", &c.denied),
+            ("upstream_error", &c.upstream_errors),
+        ] {
+            let _ = writeln!(
+                out,
+                "sluice_http_gateway_requests_total{{listen=\"{l}\",outcome=\"{outcome}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# TYPE sluice_http_gateway_auth_failures_total counter");
+        let _ = writeln!(
+            out,
+            "sluice_http_gateway_auth_failures_total{{listen=\"{l}\"}} {}",
+            c.auth_failures.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# TYPE sluice_http_gateway_whoami_total counter");
+        let _ = writeln!(
+            out,
+            "sluice_http_gateway_whoami_total{{listen=\"{l}\"}} {}",
+            c.whoami.load(Ordering::Relaxed)
+        );
+    })
+}

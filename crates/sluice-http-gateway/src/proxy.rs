@@ -1,0 +1,750 @@
+//! One request through the gateway, in this order:
+//!
+//! 1. **address**: the client behind trusted proxies ([`crate::forwarded`]);
+//! 2. **route**: which actions the request is ([`crate::route`]);
+//! 3. **identity**: user, appservice or server ([`crate::identity`]);
+//! 4. **limits**: the specific action (checked, or for registration and
+//!    login only dry-run), then `request` with a concurrency slot (long
+//!    polls take a long-poll slot instead), byte limits up front when the
+//!    length is known — any denial answers in the protocol's form;
+//! 5. **forward** with rewritten forwarding headers, the body streaming
+//!    through its byte meter;
+//! 6. **watch the answer**: success charges registration and login, 401/403
+//!    charge `authentication_failure` (automatic bans follow the policy),
+//!    an accepted credential is remembered, downloads are metered, slots are
+//!    held until the response body ends, and upgrades are spliced.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sluice_config::{HttpGateway, HttpProtocol, UserIdentity};
+use sluice_core::{Decision, Engine, Mode, Reason, Request as Ask, Side, Target, Targets};
+use sluice_server::App;
+
+use crate::body::{self, Charger, Held, Metered, ProxyBody, Verdict};
+use crate::forwarded::{self, Origin};
+use crate::identity::{self, Credential, TtlCache};
+use crate::respond;
+use crate::route::{self, Charge, Cost, Route};
+use crate::GatewayError;
+
+/// How long a confirmed identity is remembered.
+const IDENTITY_TTL: Duration = Duration::from_secs(600);
+/// Identities remembered at most (each cache).
+const IDENTITY_CAPACITY: usize = 100_000;
+/// Largest 401 body read to tell a user-interactive challenge from a failure.
+const CHALLENGE_MAX: usize = 64 * 1024;
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub forwarded: AtomicU64,
+    pub denied: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub whoami: AtomicU64,
+}
+
+pub(crate) struct Shared {
+    pub app: App,
+    pub cfg: HttpGateway,
+    pub base: String,
+    pub client: Client<HttpConnector, ProxyBody>,
+    pub appservices: HashMap<String, Target>,
+    pub key: foldhash::quality::RandomState,
+    /// Token hash → user (None: the upstream refused the token).
+    pub whoami: TtlCache<u64, Option<Target>>,
+    /// Credentials (Basic) and (origin, address) pairs the upstream accepted.
+    pub verified: TtlCache<u64, ()>,
+    pub long_polls: Arc<Mutex<HashMap<Target, u32>>>,
+    pub counters: Counters,
+    pub tls: bool,
+}
+
+/// One HTTP gateway: cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("listen", &self.shared.cfg.listen)
+            .field("upstream", &self.shared.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who is asking, as the engine sees it.
+struct Who {
+    targets: Targets,
+    /// The same, normalised, for `observe`.
+    list: Vec<Target>,
+    credential: Credential,
+    /// A Basic credential or federation origin waiting for the upstream's word.
+    pending: Option<u64>,
+}
+
+/// A long-poll slot, released when dropped.
+struct LongPoll {
+    map: Arc<Mutex<HashMap<Target, u32>>>,
+    key: Target,
+}
+
+impl Drop for LongPoll {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+fn synthetic_denial(name: &'static str, retry: Duration) -> Decision {
+    Decision {
+        allowed: false,
+        retry_after: retry,
+        reason: Reason::Limited(name),
+        limits: Default::default(),
+        lease: None,
+        banned: None,
+    }
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        if !(keep_upgrade && n == header::UPGRADE) {
+            h.remove(n);
+        }
+    }
+    for n in HOP_BY_HOP {
+        if keep_upgrade && (n == "connection" || n == "upgrade") {
+            continue;
+        }
+        h.remove(n);
+    }
+}
+
+fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+impl Gateway {
+    /// A gateway for `cfg`, deciding with `app`'s engine. Reads the
+    /// appservice token files.
+    pub fn new(app: App, cfg: HttpGateway) -> Result<Self, GatewayError> {
+        let base = cfg.upstream.trim_end_matches('/').to_owned();
+        if base.starts_with("https://") {
+            return Err(GatewayError::HttpsUpstream(base));
+        }
+        let mut appservices = HashMap::new();
+        for a in &cfg.appservices {
+            let token = std::fs::read_to_string(&a.token_file)
+                .map_err(|e| GatewayError::File(a.token_file.clone(), e))?
+                .trim()
+                .to_owned();
+            if token.is_empty() {
+                return Err(GatewayError::File(
+                    a.token_file.clone(),
+                    std::io::Error::other("empty token file"),
+                ));
+            }
+            let target = Target::appservice(&a.id)
+                .map_err(|e| GatewayError::File(a.token_file.clone(), std::io::Error::other(e)))?;
+            appservices.insert(token, target);
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let tls = cfg.tls_cert.is_some();
+        Ok(Self {
+            shared: Arc::new(Shared {
+                app,
+                cfg,
+                base,
+                client,
+                appservices,
+                key: foldhash::quality::RandomState::default(),
+                whoami: TtlCache::new(IDENTITY_CAPACITY, IDENTITY_TTL),
+                verified: TtlCache::new(IDENTITY_CAPACITY, IDENTITY_TTL),
+                long_polls: Arc::new(Mutex::new(HashMap::new())),
+                counters: Counters::default(),
+                tls,
+            }),
+        })
+    }
+
+    fn engine(&self) -> &Engine {
+        self.shared.app.engine()
+    }
+
+    fn protocol(&self) -> HttpProtocol {
+        self.shared.cfg.protocol
+    }
+
+    /// Runs one decision and records it in metrics, `top` and logs.
+    fn decide(&self, who: &Who, side: Side, action: &str, cost: u64, mode: Mode) -> Decision {
+        let ask = Ask {
+            side,
+            action,
+            targets: who.targets.clone(),
+            cost,
+        };
+        match self.engine().decide(&ask, mode) {
+            Ok(d) => {
+                if mode != Mode::DryRun {
+                    self.shared.app.observe(side, action, &who.list, &d);
+                }
+                d
+            }
+            Err(e) => {
+                // An unknown action (a rule naming one the policy dropped on
+                // reload) or a failing store: fail open, as the store's
+                // on_error default does; the limiter must not take the
+                // server down with it.
+                tracing::error!(action, "http gateway: {e}");
+                Decision {
+                    allowed: true,
+                    retry_after: Duration::ZERO,
+                    reason: Reason::Allowed,
+                    limits: Default::default(),
+                    lease: None,
+                    banned: None,
+                }
+            }
+        }
+    }
+
+    fn deny(&self, route: &Route, d: &Decision) -> Response<ProxyBody> {
+        self.shared.counters.denied.fetch_add(1, Ordering::Relaxed);
+        respond::denied(self.protocol(), route.matrix, d)
+    }
+
+    /// Handles one request from `peer`.
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let config = self.shared.app.config();
+        let origin = forwarded::resolve(peer.ip(), req.headers(), &config.network.trusted_proxies);
+        let upgrade = is_upgrade(req.headers());
+        let path = req.uri().path().to_owned();
+        let route = route::classify(
+            self.protocol(),
+            &self.shared.cfg.rules,
+            req.method(),
+            &path,
+            upgrade,
+        );
+        let who = self.identify(&req, &origin, &route).await;
+
+        // Limits. The specific action first: when it denies, `request`
+        // has not been charged.
+        let mut reports: Vec<Decision> = Vec::new();
+        let mut held: Vec<Held> = Vec::new();
+        let declared = content_length(req.headers());
+        if let Some(action) = route.action.as_deref() {
+            let d = match (route.charge, route.cost) {
+                (Charge::OnSuccess, _) => {
+                    if route.login {
+                        // A client that keeps failing cannot keep trying: an
+                        // attempt while over the failure limit is one more
+                        // failure, and those denials lead to a ban.
+                        let f = self.decide(&who, Side::Client, "authentication_failure", 1, Mode::DryRun);
+                        if !f.allowed {
+                            let f = self.decide(&who, Side::Client, "authentication_failure", 1, Mode::Check);
+                            return self.deny(&route, &f);
+                        }
+                    }
+                    self.decide(&who, route.side, action, 1, Mode::DryRun)
+                }
+                (Charge::Before, Cost::One) => self.decide(&who, route.side, action, 1, Mode::Check),
+                (Charge::Before, Cost::RequestBytes) => {
+                    // A concurrency slot for the upload, then the bytes when
+                    // declared (otherwise as they flow).
+                    let ask = Ask {
+                        side: route.side,
+                        action,
+                        targets: who.targets.clone(),
+                        cost: 1,
+                    };
+                    match self.engine().acquire_guard(&ask) {
+                        Ok(Ok(g)) => held.push(Box::new(g)),
+                        Ok(Err(d)) => {
+                            self.shared.app.observe(route.side, action, &who.list, &d);
+                            return self.deny(&route, &d);
+                        }
+                        Err(e) => tracing::error!(action, "http gateway: {e}"),
+                    }
+                    match declared {
+                        Some(n) => self.decide(&who, route.side, action, n, Mode::Check),
+                        None => self.decide(&who, route.side, action, 0, Mode::DryRun),
+                    }
+                }
+                (Charge::Before, Cost::ResponseBytes) => {
+                    self.decide(&who, route.side, action, 1, Mode::DryRun)
+                }
+            };
+            if !d.allowed {
+                return self.deny(&route, &d);
+            }
+            reports.push(d);
+        }
+        if route.long_poll {
+            let d = self.decide(&who, route.side, "request", 1, Mode::Check);
+            if !d.allowed {
+                return self.deny(&route, &d);
+            }
+            reports.push(d);
+            match self.long_poll_slot(&who) {
+                Some(slot) => held.push(Box::new(slot)),
+                None => {
+                    let d = synthetic_denial("gateway.long_polls_per_account", Duration::from_secs(1));
+                    return self.deny(&route, &d);
+                }
+            }
+        } else {
+            let ask = Ask {
+                side: route.side,
+                action: "request",
+                targets: who.targets.clone(),
+                cost: 1,
+            };
+            match self.engine().acquire_guard(&ask) {
+                Ok(Ok(g)) => {
+                    self.shared
+                        .app
+                        .observe(route.side, "request", &who.list, g.decision());
+                    reports.push(g.decision().clone());
+                    held.push(Box::new(g));
+                }
+                Ok(Err(d)) => {
+                    self.shared.app.observe(route.side, "request", &who.list, &d);
+                    return self.deny(&route, &d);
+                }
+                Err(e) => tracing::error!("http gateway: {e}"),
+            }
+        }
+
+        // Forward.
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, incoming) = req.into_parts();
+        let verdict: Verdict = Arc::new(Mutex::new(None));
+        let meter_upload = route.cost == Cost::RequestBytes && declared.is_none() && route.action.is_some();
+        let charger = meter_upload.then(|| self.charger(&who, &route));
+        let up_body = Metered::new(
+            incoming.map_err(body::BoxError::new).boxed(),
+            charger,
+            verdict.clone(),
+            Vec::new(),
+        )
+        .boxed();
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri: Uri = match format!("{}{pq}", self.shared.base).parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return respond::upstream_error(
+                    self.protocol(),
+                    StatusCode::BAD_REQUEST,
+                    "unusable request target",
+                )
+            }
+        };
+        parts.uri = uri;
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned);
+        self.rewrite_forwarding(&mut parts.headers, &origin, peer.ip(), &config, host.as_deref());
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        let up_req = Request::from_parts(parts, up_body);
+        let mut resp = match self.shared.client.request(up_req).await {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(d) = verdict.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    return self.deny(&route, &d);
+                }
+                self.shared
+                    .counters
+                    .upstream_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(upstream = %self.shared.base, "http gateway: upstream request failed: {e}");
+                return respond::upstream_error(
+                    self.protocol(),
+                    StatusCode::BAD_GATEWAY,
+                    "upstream unavailable",
+                );
+            }
+        };
+        self.shared.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+        let status = resp.status();
+
+        // Watch the answer.
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    let held = held;
+                    if let (Ok(c), Ok(u)) = tokio::join!(client_upgrade, upstream_upgrade) {
+                        let _ =
+                            tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+                    }
+                    drop(held);
+                });
+                let (parts, _) = resp.into_parts();
+                return Response::from_parts(parts, body::empty());
+            }
+        }
+        let (mut parts, incoming) = resp.into_parts();
+        let mut out_body: ProxyBody = incoming.map_err(body::BoxError::new).boxed();
+        let mut failure = false;
+        if status == StatusCode::UNAUTHORIZED && route.matrix {
+            // Registration and other user-interactive calls answer 401 with
+            // the flows to follow: a step, not a failure. Read it to tell.
+            match Limited::new(out_body, CHALLENGE_MAX).collect().await {
+                Ok(c) => {
+                    let bytes = c.to_bytes();
+                    let challenge = serde_json::from_slice::<serde_json::Value>(&bytes)
+                        .is_ok_and(|v| v.get("flows").is_some() && v.get("errcode").is_none());
+                    failure = !challenge;
+                    out_body = body::full(bytes);
+                }
+                Err(_) => {
+                    return respond::upstream_error(
+                        self.protocol(),
+                        StatusCode::BAD_GATEWAY,
+                        "unreadable upstream answer",
+                    )
+                }
+            }
+        } else if status == StatusCode::UNAUTHORIZED {
+            failure = who.credential != Credential::Anonymous || route.login;
+        } else if status == StatusCode::FORBIDDEN {
+            failure = route.login;
+        }
+        if failure {
+            self.shared.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+            let d = self.decide(&who, Side::Client, "authentication_failure", 1, Mode::Check);
+            reports.push(d);
+        } else if let Some(key) = who.pending {
+            if status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN {
+                self.shared.verified.insert(key, ());
+            }
+        }
+        if status.is_success() {
+            if let (Some(action), Charge::OnSuccess) = (route.action.as_deref(), route.charge) {
+                // Charged now, whatever the bucket says: the account exists.
+                let d = self.decide(&who, route.side, action, 1, Mode::Check);
+                reports.push(d);
+            }
+        }
+        if route.cost == Cost::ResponseBytes && status.is_success() {
+            if let Some(action) = route.action.as_deref() {
+                match content_length(&parts.headers) {
+                    Some(n) => {
+                        let d = self.decide(&who, route.side, action, n, Mode::Check);
+                        if !d.allowed {
+                            return self.deny(&route, &d);
+                        }
+                        reports.push(d);
+                    }
+                    None => {
+                        // Unknown length: count as it flows; past the limit
+                        // the download is cut (the status has gone already).
+                        let charger = self.charger(&who, &route);
+                        out_body =
+                            Metered::new(out_body, Some(charger), Arc::new(Mutex::new(None)), Vec::new())
+                                .boxed();
+                    }
+                }
+            }
+        }
+        strip_hop_by_hop(&mut parts.headers, false);
+        if let Some(merged) = merge(&reports) {
+            sluice_server::rate_headers(&merged, &mut parts.headers);
+        }
+        let out_body = Metered::new(out_body, None, verdict, held).boxed();
+        Response::from_parts(parts, out_body)
+    }
+
+    /// A charger for the route's byte action: each call checks `n` bytes.
+    fn charger(&self, who: &Who, route: &Route) -> Charger {
+        let gw = self.clone();
+        let side = route.side;
+        let action = route.action.clone().unwrap_or_else(|| "request".to_owned());
+        let targets = who.targets.clone();
+        let list = who.list.clone();
+        Box::new(move |n| {
+            let ask = Ask {
+                side,
+                action: &action,
+                targets: targets.clone(),
+                cost: n,
+            };
+            match gw.engine().check(&ask) {
+                Ok(d) if d.allowed => Ok(()),
+                Ok(d) => {
+                    gw.shared.app.observe(side, &action, &list, &d);
+                    Err(Box::new(d))
+                }
+                Err(_) => Ok(()),
+            }
+        })
+    }
+
+    fn long_poll_slot(&self, who: &Who) -> Option<LongPoll> {
+        let key = who
+            .targets
+            .user
+            .clone()
+            .or_else(|| who.targets.appservice.clone())
+            .or_else(|| who.list.first().cloned())?;
+        let max = self.shared.cfg.long_polls_per_account;
+        let mut m = self.shared.long_polls.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(LongPoll {
+            map: self.shared.long_polls.clone(),
+            key,
+        })
+    }
+
+    fn rewrite_forwarding(
+        &self,
+        h: &mut HeaderMap,
+        origin: &Origin,
+        peer: IpAddr,
+        config: &sluice_config::Config,
+        host: Option<&str>,
+    ) {
+        let trusted_peer = config.network.trusted_proxies.iter().any(|n| n.contains(&peer));
+        let proto = if self.shared.tls { "https" } else { "http" };
+        let proto = match h.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) {
+            Some(p) if trusted_peer && (p == "https" || p == "http") => p.to_owned(),
+            _ => proto.to_owned(),
+        };
+        h.remove("forwarded");
+        h.remove("x-forwarded-for");
+        h.remove("x-real-ip");
+        if !trusted_peer {
+            h.remove("x-forwarded-host");
+        }
+        let pairs = [
+            ("x-forwarded-for", origin.x_forwarded_for()),
+            ("forwarded", origin.forwarded(&proto, host)),
+            ("x-real-ip", origin.client.to_string()),
+            ("x-forwarded-proto", proto.clone()),
+        ];
+        for (k, v) in pairs {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(k, v);
+            }
+        }
+    }
+
+    /// Reads who is asking (see [`crate::identity`] for what is believed).
+    async fn identify(&self, req: &Request<Incoming>, origin: &Origin, route: &Route) -> Who {
+        let credential = identity::credential(req.headers(), req.uri().query());
+        let (normalizer_ip, _) = self
+            .engine()
+            .with_policy(|p| (p.normalizer().ip_target(origin.client), ()));
+        let mut targets = Targets {
+            ip: Some(origin.client),
+            ..Targets::default()
+        };
+        let mut pending = None;
+        match &credential {
+            Credential::Anonymous => {}
+            Credential::Bearer(token) => {
+                if let Some(a) = self.shared.appservices.get(token) {
+                    targets.appservice = Some(a.clone());
+                    targets.user = req
+                        .uri()
+                        .query()
+                        .and_then(|q| identity::query_param(q, "user_id"))
+                        .and_then(|u| Target::user(&u).ok());
+                } else {
+                    targets.user = self.user_of_token(token).await;
+                }
+            }
+            Credential::Basic { user, password } => {
+                let key = identity::keyed(&self.shared.key, &["basic", user, password]);
+                if self.shared.verified.get(&key).is_some() {
+                    targets.user = basic_user(user, req.headers());
+                } else {
+                    pending = Some(key);
+                }
+            }
+            Credential::XMatrix { origin: server } if route.side == Side::Federation => {
+                let net = match &normalizer_ip {
+                    Target::Ip(n) => n.network().to_string(),
+                    other => other.value(),
+                };
+                let key = identity::keyed(&self.shared.key, &["x-matrix", server, &net]);
+                let claimed = Target::server(server).ok();
+                if claimed.is_some() && self.shared.verified.get(&key).is_some() {
+                    targets.server = claimed;
+                } else {
+                    // Unconfirmed: counted as the sending address's server.
+                    let literal = match origin.client {
+                        IpAddr::V4(_) => net,
+                        IpAddr::V6(_) => format!("[{net}]"),
+                    };
+                    targets.server = Target::server(&literal).ok();
+                    if claimed.is_some() {
+                        pending = Some(key);
+                    }
+                }
+            }
+            Credential::XMatrix { .. } => {}
+        }
+        let mut list = vec![normalizer_ip];
+        list.extend(
+            [&targets.user, &targets.server, &targets.appservice]
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+        Who {
+            targets,
+            list,
+            credential,
+            pending,
+        }
+    }
+
+    async fn user_of_token(&self, token: &str) -> Option<Target> {
+        let hash = identity::keyed(&self.shared.key, &["token", token]);
+        let pseudonym = || match self.protocol() {
+            HttpProtocol::Matrix => Target::user(&format!("@token-{hash:016x}:sluice.invalid")).ok(),
+            _ => Target::user(&format!("token-{hash:016x}@sluice.invalid")).ok(),
+        };
+        if self.protocol() != HttpProtocol::Matrix || self.shared.cfg.user_identity == UserIdentity::TokenHash
+        {
+            return pseudonym();
+        }
+        if let Some(known) = self.shared.whoami.get(&hash) {
+            return known;
+        }
+        match self.whoami(token).await {
+            Ok(user) => {
+                self.shared.whoami.insert(hash, user.clone());
+                user
+            }
+            // The upstream could not say: count the token itself.
+            Err(()) => pseudonym(),
+        }
+    }
+
+    /// Asks the upstream who a token belongs to: `Ok(None)` if it refuses it.
+    async fn whoami(&self, token: &str) -> Result<Option<Target>, ()> {
+        self.shared.counters.whoami.fetch_add(1, Ordering::Relaxed);
+        let uri: Uri = format!("{}/_matrix/client/v3/account/whoami", self.shared.base)
+            .parse()
+            .map_err(|_| ())?;
+        let auth = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ())?;
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(uri)
+            .header(header::AUTHORIZATION, auth)
+            .body(body::empty())
+            .map_err(|_| ())?;
+        let resp = tokio::time::timeout(Duration::from_secs(5), self.shared.client.request(req))
+            .await
+            .map_err(|_| ())?
+            .map_err(|_| ())?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(());
+        }
+        let bytes = Limited::new(resp.into_body(), 16 * 1024)
+            .collect()
+            .await
+            .map_err(|_| ())?
+            .to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| ())?;
+        let user = v.get("user_id").and_then(|u| u.as_str()).ok_or(())?;
+        Target::user(user).map(Some).map_err(|_| ())
+    }
+}
+
+/// A Basic username as a user target: an address as it is, a bare name
+/// qualified with the request's host.
+fn basic_user(user: &str, headers: &HeaderMap) -> Option<Target> {
+    if user.contains('@') {
+        return Target::user(user).ok();
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok())?;
+    let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    Target::user(&format!("{user}@{host}")).ok()
+}
+
+/// Every limit that applied to a request, for the `RateLimit` fields.
+fn merge(reports: &[Decision]) -> Option<Decision> {
+    let mut it = reports.iter();
+    let mut d = it.next()?.clone();
+    for r in it {
+        for l in &r.limits {
+            if !d.limits.iter().any(|x| x.name == l.name && x.target == l.target) {
+                d.limits.push(l.clone());
+            }
+        }
+    }
+    // Forwarded: the fields inform, no `Retry-After`.
+    d.allowed = true;
+    Some(d)
+}

@@ -1,0 +1,737 @@
+//! The HTTP gateway over real sockets, against a small upstream started
+//! in-process: every table entry, identity, forwarding headers, streaming
+//! and byte limits, concurrency, protocol-native errors, login and
+//! registration flows. Time moves only through the engine's `FakeClock`.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{start, Harness, TRUSTING};
+
+const ALICE: (&str, &str) = ("authorization", "Bearer good-alice");
+
+fn from(ip: &str) -> (&'static str, String) {
+    ("x-forwarded-for", ip.to_owned())
+}
+
+/// Sends twice; the first must pass and the second be refused by `limit`.
+async fn second_is_limited(h: &Harness, method: &str, path: &str, headers: &[(&str, &str)], limit: &str) {
+    let first = h.send(method, path, headers, "{}").await;
+    assert_eq!(first.status, 200, "{method} {path}: {:?}", first.json());
+    let second = h.send(method, path, headers, "{}").await;
+    assert_eq!(
+        second.status,
+        429,
+        "{method} {path} not limited: {:?}",
+        second.json()
+    );
+    let j = second.json();
+    assert_eq!(j["errcode"], "M_LIMIT_EXCEEDED", "{method} {path}");
+    assert!(
+        j["error"].as_str().unwrap().contains(limit),
+        "{method} {path}: {j} does not name {limit}"
+    );
+    assert!(j["retry_after_ms"].as_u64().unwrap() > 0);
+    assert!(second.header("retry-after").is_some());
+    assert!(second.header("ratelimit").unwrap().contains(limit));
+    assert!(second.header("ratelimit-policy").is_some());
+}
+
+const TIGHT: &str = r#"
+[limits.client.target]
+send_event = "1/1h"
+join = "1/1h"
+invite = "1/1h"
+knock = "1/1h"
+report = "1/1h"
+create_alias = "1/1h"
+registration_token_validity = "1/1h"
+
+[limits.federation.target]
+transaction = "1/1h"
+join = "1/1h"
+knock = "1/1h"
+invite = "1/1h"
+"#;
+
+#[tokio::test]
+async fn matrix_client_table_every_version() {
+    let h = start("matrix", &format!("{TRUSTING}{TIGHT}"), "").await;
+    let entries: &[(&str, &str, &str)] = &[
+        (
+            "PUT",
+            "rooms/!r:x/send/m.room.message/t1",
+            "client.target.send_event.user",
+        ),
+        (
+            "PUT",
+            "rooms/!r:x/state/m.room.topic/",
+            "client.target.send_event.user",
+        ),
+        ("POST", "join/!r:x", "client.target.join.user"),
+        ("POST", "rooms/!r:x/join", "client.target.join.user"),
+        ("POST", "rooms/!r:x/invite", "client.target.invite.user"),
+        ("POST", "knock/!r:x", "client.target.knock.user"),
+        ("POST", "rooms/!r:x/report/$e", "client.target.report.user"),
+        ("PUT", "directory/room/%23a:x", "client.target.create_alias.user"),
+        (
+            "GET",
+            "register/m.login.registration_token/validity?token=abc",
+            "client.target.registration_token_validity.ip",
+        ),
+    ];
+    for (i, v) in ["r0", "v1", "v3", "unstable"].iter().enumerate() {
+        for (j, (method, path, limit)) in entries.iter().enumerate() {
+            // A fresh user and address per entry and version: buckets apart.
+            let token = format!("Bearer good-u{i}x{j}");
+            let ip = format!("198.51.{i}.{j}");
+            let headers = [
+                ("authorization", token.as_str()),
+                ("x-forwarded-for", ip.as_str()),
+            ];
+            second_is_limited(
+                &h,
+                method,
+                &format!("/_matrix/client/{v}/{path}"),
+                &headers,
+                limit,
+            )
+            .await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn media_upload_and_download_count_bytes() {
+    let limits = "[limits.client.target]\nmedia_create = \"100B/1h\"\nmedia_download = \"100B/1h\"\n";
+    let h = start("matrix", &format!("{TRUSTING}{limits}"), "").await;
+    let body = "x".repeat(60);
+    let up = |v: &'static str| format!("/_matrix/media/{v}/upload?filename=a");
+    // Declared lengths are charged up front: 60 fits, 60 more does not.
+    let r = h.send("POST", &up("v3"), &[ALICE], &body).await;
+    assert_eq!(r.status, 200);
+    let before = h.seen.requests.load(Ordering::SeqCst);
+    let r = h.send("POST", &up("r0"), &[ALICE], &body).await;
+    assert_eq!(r.status, 429);
+    assert!(r.json()["error"].as_str().unwrap().contains("media_create"));
+    assert_eq!(
+        h.seen.requests.load(Ordering::SeqCst),
+        before,
+        "refused upload reached the upstream"
+    );
+    // More than the bucket can ever hold: 413 M_TOO_LARGE.
+    let r = h.send("POST", &up("v3"), &[ALICE], &"x".repeat(101)).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["errcode"], "M_TOO_LARGE");
+
+    // Downloads: 60 declared bytes pass, the next 60 are refused.
+    let ip = from("203.0.113.50");
+    let hd = [(ip.0, ip.1.as_str())];
+    let r = h.get("/_matrix/media/v3/download/x/y?size=60", &hd).await;
+    assert_eq!((r.status, r.body.len()), (200, 60));
+    let r = h.get("/_matrix/client/v1/media/download/x/y?size=60", &hd).await;
+    assert_eq!(r.status, 429);
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("client.target.media_download.ip"));
+}
+
+#[tokio::test]
+async fn chunked_bodies_are_metered_as_they_flow() {
+    let limits = "[limits.client.target]\nmedia_create = \"100B/1h\"\nmedia_download = \"100B/1h\"\n";
+    let h = start("matrix", &format!("{TRUSTING}{limits}"), "").await;
+    // 5 × 10 bytes with no Content-Length: counted frame by frame.
+    let r = h
+        .send_chunked("POST", "/_matrix/media/v3/upload", &[ALICE], 5)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(h.seen.body_bytes.load(Ordering::SeqCst), 50);
+    // 10 more frames: the bucket runs dry after 5 — the upload is cut and
+    // answered 429, and the upstream never gets the rest.
+    let r = h
+        .send_chunked("POST", "/_matrix/media/v3/upload", &[ALICE], 10)
+        .await;
+    assert_eq!(r.status, 429, "{:?}", r.json());
+    assert_eq!(r.json()["errcode"], "M_LIMIT_EXCEEDED");
+    assert!(h.seen.body_bytes.load(Ordering::SeqCst) <= 100);
+
+    // A chunked download past the limit is cut short.
+    let ip = from("203.0.113.51");
+    let hd = [(ip.0, ip.1.as_str())];
+    let r = h
+        .get("/_matrix/media/v3/download/x/y?size=80&chunked=1", &hd)
+        .await;
+    assert_eq!((r.status, r.body.len()), (200, 80));
+    let r = h
+        .get("/_matrix/media/v3/download/x/y?size=80&chunked=1", &hd)
+        .await;
+    assert!(r.body.len() <= 20, "download not cut: {} bytes", r.body.len());
+}
+
+#[tokio::test]
+async fn federation_table_and_unverified_origins() {
+    let h = start("matrix", &format!("{TRUSTING}{TIGHT}"), "").await;
+    let xm = |origin: &str, sig: &str| {
+        format!("X-Matrix origin=\"{origin}\",destination=\"us\",key=\"ed25519:a\",sig=\"{sig}\"")
+    };
+    let entries: &[(&str, &str, &str)] = &[
+        (
+            "PUT",
+            "/_matrix/federation/v1/send/t1",
+            "federation.target.transaction.server",
+        ),
+        (
+            "PUT",
+            "/_matrix/federation/v2/send_join/!r:x/$e",
+            "federation.target.join.server",
+        ),
+        (
+            "PUT",
+            "/_matrix/federation/v1/send_knock/!r:x/$e",
+            "federation.target.knock.server",
+        ),
+        (
+            "PUT",
+            "/_matrix/federation/v2/invite/!r:x/$e",
+            "federation.target.invite.server",
+        ),
+    ];
+    for (i, (method, path, limit)) in entries.iter().enumerate() {
+        let origin = format!("s{i}.example.org");
+        let ip = format!("192.0.2.{i}");
+        let auth = xm(&origin, "good");
+        let headers = [("authorization", auth.as_str()), ("x-forwarded-for", ip.as_str())];
+        // First request: the origin is unconfirmed and counts as the
+        // sending address; the upstream accepts it, which confirms it.
+        let r = h.send(method, path, &headers, "{}").await;
+        assert_eq!(r.status, 200);
+        // From now on the origin's own bucket: one more passes, then refused.
+        second_is_limited(&h, method, path, &headers, limit).await;
+    }
+    // A forger claiming a busy server from elsewhere with a bad signature
+    // spends its own address's budget, not the server's.
+    let forged = xm("s0.example.org", "bad");
+    let headers = [
+        ("authorization", forged.as_str()),
+        ("x-forwarded-for", "192.0.2.99"),
+    ];
+    let r = h
+        .send("PUT", "/_matrix/federation/v1/send/t9", &headers, "{}")
+        .await;
+    assert_eq!(r.status, 401);
+    let r = h
+        .send("PUT", "/_matrix/federation/v1/send/t9", &headers, "{}")
+        .await;
+    assert_eq!(r.status, 429);
+    let target: sluice_core::Target = "server:192.0.2.99".parse().unwrap();
+    assert!(h
+        .app
+        .engine()
+        .inspect(&target)
+        .unwrap()
+        .iter()
+        .any(|l| l.remaining == 0));
+}
+
+#[tokio::test]
+async fn registration_charged_on_success_only() {
+    let h = start("matrix", TRUSTING, "").await;
+    let ip = from("203.0.113.9");
+    let hd = [(ip.0, ip.1.as_str())];
+    // The user-interactive first step (401 with flows) is neither charged
+    // nor a failure, however often it is repeated.
+    for _ in 0..3 {
+        let r = h
+            .send("POST", "/_matrix/client/v3/register", &hd, "{\"username\":\"n\"}")
+            .await;
+        assert_eq!(r.status, 401);
+        assert!(r.json()["flows"].is_array());
+    }
+    let r = h
+        .send("POST", "/_matrix/client/r0/register", &hd, "{\"auth\":{}}")
+        .await;
+    assert_eq!(r.status, 200);
+    // Preset: 1 registration per 6 minutes per address.
+    let r = h
+        .send("POST", "/_matrix/client/v3/register", &hd, "{\"username\":\"m\"}")
+        .await;
+    assert_eq!(r.status, 429);
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("client.target.registration.ip"));
+    h.clock.advance(Duration::from_secs(360));
+    let r = h
+        .send("POST", "/_matrix/client/v3/register", &hd, "{\"auth\":{}}")
+        .await;
+    assert_eq!(r.status, 200);
+    // Another address is not affected.
+    let r = h
+        .send(
+            "POST",
+            "/_matrix/client/v3/register",
+            &[("x-forwarded-for", "203.0.113.10")],
+            "{\"auth\":{}}",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn password_guessing_is_banned() {
+    let h = start("matrix", TRUSTING, "").await;
+    let ip = from("203.0.113.66");
+    let hd = [(ip.0, ip.1.as_str())];
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        let r = h
+            .send(
+                "POST",
+                "/_matrix/client/v3/login",
+                &hd,
+                "{\"password\":\"wrong\"}",
+            )
+            .await;
+        statuses.push(r.status);
+    }
+    // Wrong passwords reach the upstream until 5 failures in 30 s; then the
+    // address is refused, and the refusals lead to a ban.
+    assert_eq!(&statuses[..5], &[403; 5]);
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    let bans = h.app.engine().bans().list(h.app.now());
+    assert_eq!(bans.len(), 1, "no automatic ban");
+    assert_eq!(bans[0].target.to_string(), "ip:203.0.113.66");
+    // Banned: even the right password and other endpoints are refused.
+    let r = h
+        .send(
+            "POST",
+            "/_matrix/client/v3/login",
+            &hd,
+            "{\"password\":\"right\"}",
+        )
+        .await;
+    assert_eq!(r.status, 429);
+    let r = h.get("/_matrix/client/v3/capabilities", &hd).await;
+    assert_eq!(r.status, 429);
+    assert!(r.json()["retry_after_ms"].as_u64().unwrap() > 60_000);
+    // A correct login from elsewhere is fine, and charged.
+    let r = h
+        .send(
+            "POST",
+            "/_matrix/client/v3/login",
+            &[("x-forwarded-for", "203.0.113.67")],
+            "{\"password\":\"right\"}",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let t: sluice_core::Target = "ip:203.0.113.67".parse().unwrap();
+    let login = h.app.engine().inspect(&t).unwrap();
+    let l = login.iter().find(|l| l.name == "client.target.login.ip").unwrap();
+    assert_eq!(l.remaining, l.limit - 1);
+}
+
+#[tokio::test]
+async fn bad_tokens_count_as_authentication_failures() {
+    let h = start("matrix", TRUSTING, "").await;
+    let hd = [
+        ("authorization", "Bearer bad-token"),
+        ("x-forwarded-for", "203.0.113.70"),
+    ];
+    for _ in 0..5 {
+        assert_eq!(h.get("/_matrix/client/v3/joined_rooms", &hd).await.status, 401);
+    }
+    let t: sluice_core::Target = "ip:203.0.113.70".parse().unwrap();
+    let state = h.app.engine().inspect(&t).unwrap();
+    let f = state
+        .iter()
+        .find(|l| l.name == "client.target.authentication_failure.ip")
+        .unwrap();
+    assert_eq!(f.remaining, 0);
+}
+
+#[tokio::test]
+async fn whoami_resolves_once_and_users_share_a_budget() {
+    let h = start(
+        "matrix",
+        &format!("{TRUSTING}[limits.client.target]\nsend_event = \"3/1h\"\n"),
+        "",
+    )
+    .await;
+    let path = "/_matrix/client/v3/rooms/!r:x/send/m.room.message/";
+    for i in 0..3 {
+        // Different addresses (devices), one user.
+        let ip = format!("198.18.0.{i}");
+        let r = h
+            .send(
+                "PUT",
+                &format!("{path}{i}"),
+                &[ALICE, ("x-forwarded-for", &ip)],
+                "{}",
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let r = h.send("PUT", &format!("{path}9"), &[ALICE], "{}").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(h.seen.whoami.load(Ordering::SeqCst), 1, "whoami not cached");
+    let u: sluice_core::Target = "user:@alice:example.org".parse().unwrap();
+    assert!(h
+        .app
+        .engine()
+        .inspect(&u)
+        .unwrap()
+        .iter()
+        .any(|l| l.name == "client.target.send_event.user" && l.remaining == 0));
+}
+
+#[tokio::test]
+async fn token_hash_identity_and_query_tokens() {
+    let h = start(
+        "matrix",
+        &format!("{TRUSTING}[limits.client.target]\nsend_event = \"1/1h\"\n"),
+        "user_identity = \"token_hash\"\n",
+    )
+    .await;
+    let path = "/_matrix/client/v3/rooms/!r:x/send/m.room.message/1";
+    let r = h
+        .send("PUT", &format!("{path}?access_token=good-bob"), &[], "{}")
+        .await;
+    assert_eq!(r.status, 200);
+    // The same token in the header is the same identity.
+    let r = h
+        .send("PUT", path, &[("authorization", "Bearer good-bob")], "{}")
+        .await;
+    assert_eq!(r.status, 429);
+    // Another token is another identity.
+    let r = h
+        .send("PUT", path, &[("authorization", "Bearer good-carol")], "{}")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(h.seen.whoami.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn appservice_tokens_and_masquerading() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("irc.token");
+    std::fs::write(&token_file, "as-secret\n").unwrap();
+    let extra = format!(
+        "[[gateway.http.appservice]]\nid = \"irc\"\ntoken_file = \"{}\"\n",
+        token_file.display()
+    );
+    let h = start(
+        "matrix",
+        &format!("{TRUSTING}[limits.client.target]\nsend_event = \"1/1h\"\n"),
+        &extra,
+    )
+    .await;
+    let path = "/_matrix/client/v3/rooms/!r:x/send/m.room.message/1";
+    let auth = [("authorization", "Bearer as-secret")];
+    for user in ["%40irc_a%3Aexample.org", "%40irc_b%3Aexample.org"] {
+        let p = format!("{path}?user_id={user}");
+        assert_eq!(h.send("PUT", &p, &auth, "{}").await.status, 200);
+        assert_eq!(h.send("PUT", &p, &auth, "{}").await.status, 429);
+    }
+    assert_eq!(
+        h.seen.whoami.load(Ordering::SeqCst),
+        0,
+        "appservice tokens need no whoami"
+    );
+    let t: sluice_core::Target = "user:@irc_a:example.org".parse().unwrap();
+    assert!(h
+        .app
+        .engine()
+        .inspect(&t)
+        .unwrap()
+        .iter()
+        .any(|l| l.remaining == 0));
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_rewritten() {
+    let h = start("matrix", TRUSTING, "").await;
+    // A real client behind our trusted proxy (127.0.0.1), which forwarded
+    // a chain the client partly made up.
+    let r = h
+        .get(
+            "/_matrix/client/v3/capabilities",
+            &[
+                ("x-forwarded-for", "6.6.6.6, 198.51.100.7"),
+                ("host", "matrix.example.org"),
+            ],
+        )
+        .await;
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["x-forwarded-for"], "198.51.100.7, 127.0.0.1");
+    assert_eq!(seen["x-real-ip"], "198.51.100.7");
+    assert_eq!(
+        seen["forwarded"],
+        "for=198.51.100.7, for=127.0.0.1;proto=http;host=\"matrix.example.org\""
+    );
+    assert_eq!(seen["host"], "matrix.example.org");
+
+    // An untrusted peer's headers are ignored entirely.
+    let h = start("matrix", "", "").await;
+    let r = h
+        .get(
+            "/_matrix/client/v3/capabilities",
+            &[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("forwarded", "for=7.7.7.7"),
+                ("x-real-ip", "8.8.8.8"),
+            ],
+        )
+        .await;
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-real-ip"], "127.0.0.1");
+    assert!(seen["forwarded"]
+        .as_str()
+        .unwrap()
+        .starts_with("for=127.0.0.1;proto=http;host="));
+}
+
+#[tokio::test]
+async fn spoofed_addresses_do_not_escape_per_ip_limits() {
+    // Untrusted peer: registering with a fresh X-Forwarded-For each time
+    // still counts against the peer.
+    let h = start("matrix", "", "").await;
+    let r = h
+        .send(
+            "POST",
+            "/_matrix/client/v3/register",
+            &[("x-forwarded-for", "1.1.1.1")],
+            "{\"auth\":{}}",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = h
+        .send(
+            "POST",
+            "/_matrix/client/v3/register",
+            &[("x-forwarded-for", "2.2.2.2")],
+            "{\"auth\":{}}",
+        )
+        .await;
+    assert_eq!(r.status, 429);
+}
+
+#[tokio::test]
+async fn long_polls_do_not_starve_requests() {
+    let h = start("matrix", TRUSTING, "long_polls_per_account = 5\n").await;
+    let h = std::sync::Arc::new(h);
+    // Resolve the token first, so every sync below needs no whoami.
+    assert_eq!(
+        h.get("/_matrix/client/v3/capabilities", &[ALICE]).await.status,
+        200
+    );
+    // Five syncs held open by the upstream — more than the account's 4
+    // request slots.
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let h = h.clone();
+        held.push(tokio::spawn(async move {
+            h.get("/_matrix/client/v3/sync", &[ALICE]).await.status
+        }));
+    }
+    h.wait_held(5).await;
+    // Other requests still pass.
+    assert_eq!(
+        h.get("/_matrix/client/v3/capabilities", &[ALICE]).await.status,
+        200
+    );
+    // A sixth long poll is one too many.
+    let r = h.get("/_matrix/client/v3/sync", &[ALICE]).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["errcode"], "M_LIMIT_EXCEEDED");
+    h.seen.release.add_permits(5);
+    for t in held {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    // Slots came back.
+    let h2 = h.clone();
+    let again = tokio::spawn(async move { h2.get("/_matrix/client/v3/sync", &[ALICE]).await.status });
+    h.wait_held(6).await;
+    h.seen.release.add_permits(1);
+    assert_eq!(again.await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn concurrent_requests_per_account_are_capped() {
+    let h = std::sync::Arc::new(start("generic", TRUSTING, "").await);
+    let bearer = [("authorization", "Bearer t1")];
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let h = h.clone();
+        held.push(tokio::spawn(async move {
+            h.get("/hold", &[("authorization", "Bearer t1")]).await.status
+        }));
+    }
+    h.wait_held(4).await;
+    let r = h.get("/other", &bearer).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    assert_eq!(r.json()["limit"], "client.concurrent.request.user");
+    // Another account is not affected.
+    assert_eq!(
+        h.get("/other", &[("authorization", "Bearer t2")]).await.status,
+        200
+    );
+    h.seen.release.add_permits(4);
+    for t in held {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(h.get("/other", &bearer).await.status, 200);
+}
+
+#[tokio::test]
+async fn jmap_table_identity_and_problem_json() {
+    let limits = "[limits.client.target]\nmedia_create = \"100B/1h\"\nmedia_download = \"100B/1h\"\nrequest = \"3/1h\"\n";
+    let h = start("jmap", &format!("{TRUSTING}{limits}"), "").await;
+    // alice:pw — unconfirmed until the upstream accepts it once.
+    let basic = ("authorization", "Basic YWxpY2U6cHc=");
+    let host = ("host", "mail.example.org");
+    let r = h.send("POST", "/jmap/", &[basic, host], "{}").await;
+    assert_eq!(r.status, 200);
+    // Now confirmed: counted as the user.
+    for _ in 0..3 {
+        h.send("POST", "/jmap/", &[basic, host], "{}").await;
+    }
+    let r = h.send("POST", "/jmap/", &[basic, host], "{}").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let j = r.json();
+    assert_eq!(j["type"], "urn:ietf:params:jmap:error:limit");
+    assert_eq!(j["status"], 429);
+    assert_eq!(j["limit"], "client.target.request.user");
+    let u: sluice_core::Target = "user:alice@mail.example.org".parse().unwrap();
+    assert!(h
+        .app
+        .engine()
+        .inspect(&u)
+        .unwrap()
+        .iter()
+        .any(|l| l.remaining == 0));
+
+    // Someone typing alice's name with a wrong password does not spend
+    // her budget: unconfirmed, per address, and a 401 is a failure.
+    let mallory = [
+        ("authorization", "Basic bWFsbG9yeTp3cm9uZw=="),
+        ("x-forwarded-for", "203.0.113.80"),
+    ];
+    assert_eq!(h.send("POST", "/jmap/", &mallory, "{}").await.status, 401);
+
+    // Upload (bytes) and download.
+    let bob = [("authorization", "Bearer bob-token")];
+    assert_eq!(
+        h.send("POST", "/jmap/upload/a1/", &bob, &"x".repeat(90))
+            .await
+            .status,
+        200
+    );
+    let r = h.send("POST", "/jmap/upload/a1/", &bob, &"x".repeat(20)).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["limit"], "client.target.media_create.user");
+    let hd = [("x-forwarded-for", "203.0.113.81")];
+    assert_eq!(h.get("/jmap/download/a1/b1/n?size=90", &hd).await.status, 200);
+    assert_eq!(h.get("/jmap/download/a1/b1/n?size=20", &hd).await.status, 429);
+}
+
+#[tokio::test]
+async fn generic_rules_and_rate_limit_fields() {
+    let extra =
+        "[[gateway.http.rule]]\nmethod = \"POST\"\npath = \"/api/signup\"\naction = \"registration\"\n";
+    let h = start("generic", TRUSTING, extra).await;
+    let r = h
+        .send(
+            "POST",
+            "/api/signup",
+            &[("x-forwarded-for", "203.0.113.90")],
+            "{}",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    // Limited routes carry the IETF fields even when allowed.
+    assert!(r
+        .header("ratelimit-policy")
+        .unwrap()
+        .contains("client.target.registration.ip"));
+    let r = h
+        .send(
+            "POST",
+            "/api/signup",
+            &[("x-forwarded-for", "203.0.113.90")],
+            "{}",
+        )
+        .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["type"], "about:blank");
+    assert_eq!(r.json()["limit"], "client.target.registration.ip");
+    // GET is not the rule's method: only `request`.
+    let r = h.get("/api/signup", &[("x-forwarded-for", "203.0.113.90")]).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let h = start("jmap", TRUSTING, "").await;
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"GET /jmap/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the 101");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    s.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    s.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ping");
+}
+
+#[tokio::test]
+async fn metrics_and_top_see_gateway_decisions() {
+    let h = start("matrix", TRUSTING, "").await;
+    let hd = [("x-forwarded-for", "203.0.113.99")];
+    h.send("POST", "/_matrix/client/v3/register", &hd, "{\"auth\":{}}")
+        .await;
+    h.send("POST", "/_matrix/client/v3/register", &hd, "{\"auth\":{}}")
+        .await;
+    let mut text = String::new();
+    // The app's extra metric sources include this gateway's.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    let app = h.app.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(sluice_server::serve(listener, app, async move {
+        let _ = rx.await;
+    }));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
+    let resp = client
+        .get(format!("http://{api}/metrics").parse().unwrap())
+        .await
+        .unwrap();
+    use http_body_util::BodyExt as _;
+    text.push_str(&String::from_utf8_lossy(
+        &resp.into_body().collect().await.unwrap().to_bytes(),
+    ));
+    assert!(text.contains("outcome=\"denied\"} 1"), "{text}");
+    assert!(text.contains("sluice_http_gateway_requests_total"), "{text}");
+    let _ = tx.send(());
+    server.await.unwrap().unwrap();
+}
