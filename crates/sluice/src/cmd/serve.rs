@@ -27,6 +27,7 @@ pub fn run(config: Option<PathBuf>, log_level: Option<String>) -> anyhow::Result
         // Listeners are bound before the service runs: a port in use is a
         // startup error, not a log line.
         sluice_gateway::start(&app).await?;
+        sluice_http_gateway::start(&app).await?;
         sluice_server::run(app).await?;
         Ok::<(), anyhow::Error>(())
     })?;
