@@ -1,0 +1,176 @@
+//! Shared bans: one Redis hash, merged into each instance's [`Bans`].
+//!
+//! Every instance runs [`RedisStore::sync_bans`] every `interval`: it
+//! reads the hash (`{prefix}bans`, field = target, value = encoded ban) and
+//! merges three ways against what it saw last time, so neither side's
+//! change is lost and nothing flaps:
+//!
+//! - a ban added or changed here (admin API, automatic ban) is written to
+//!   the hash; one lifted or expired here is deleted from it;
+//! - a ban added or changed in the hash (by another instance) is applied
+//!   here; one deleted from the hash is lifted here.
+//!
+//! A ban placed on one instance is therefore in force on every other
+//! within two intervals (one for the placer to write it, one for the others
+//! to read it): 2 s with the default 1 s.
+//!
+//! [`Bans`]: sluice_core::Bans
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sluice_core::{Ban, BanSource, Engine, Target};
+
+use crate::store::RedisStore;
+
+fn encode(b: &Ban) -> String {
+    format!(
+        "1|{}|{}|{}|{}",
+        b.expires.map_or_else(|| "-".to_owned(), |e| e.to_string()),
+        b.created,
+        b.source.as_str(),
+        b.reason
+    )
+}
+
+fn decode(target: &str, v: &str) -> Option<Ban> {
+    let mut it = v.splitn(5, '|');
+    if it.next()? != "1" {
+        return None;
+    }
+    let expires = match it.next()? {
+        "-" => None,
+        e => Some(e.parse().ok()?),
+    };
+    let created = it.next()?.parse().ok()?;
+    let source = match it.next()? {
+        "auto" => BanSource::Auto,
+        _ => BanSource::Manual,
+    };
+    let reason = it.next()?;
+    Some(Ban {
+        target: target.parse::<Target>().ok()?,
+        reason: reason.into(),
+        created,
+        expires,
+        source,
+    })
+}
+
+impl RedisStore {
+    /// Keeps `engine`'s bans and the shared hash in step, every `interval`,
+    /// until the runtime shuts down. Also refreshes the key count for
+    /// metrics. Errors are logged and retried at the next tick.
+    pub fn sync_bans(&self, engine: Engine, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut base: HashMap<String, String> = HashMap::new();
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match this.sync_once(&engine, &base).await {
+                    Ok(b) => base = b,
+                    Err(e) => tracing::debug!("ban sync: {e}"),
+                }
+                if let Ok(n) = this.conn_cmd::<u64>(redis::cmd("DBSIZE")).await {
+                    this.set_db_keys(n);
+                }
+            }
+        })
+    }
+
+    /// One merge; returns the new base (the hash as it now stands).
+    pub async fn sync_once(
+        &self,
+        engine: &Engine,
+        base: &HashMap<String, String>,
+    ) -> Result<HashMap<String, String>, sluice_core::StoreError> {
+        let key = self.keys().bans();
+        let mut remote: HashMap<String, String> = {
+            let mut c = redis::cmd("HGETALL");
+            c.arg(&key);
+            self.conn_cmd(c).await?
+        };
+        let now = engine.now();
+        let local: HashMap<String, String> = engine
+            .bans()
+            .list(now)
+            .iter()
+            .map(|b| (b.target.to_string(), encode(b)))
+            .collect();
+        // Changes made elsewhere come in first.
+        for (t, rv) in &remote {
+            if base.get(t) != Some(rv) && local.get(t) != Some(rv) {
+                if let Some(b) = decode(t, rv) {
+                    if b.active(now) {
+                        engine.bans().insert(b);
+                    }
+                }
+            }
+        }
+        for (t, _) in base.iter().filter(|(t, _)| !remote.contains_key(*t)) {
+            if local.contains_key(t) {
+                if let Ok(target) = t.parse::<Target>() {
+                    engine.bans().remove(&target);
+                }
+            }
+        }
+        // Then changes made here, where the hash still has what we last saw.
+        let mut put: Vec<(String, String)> = Vec::new();
+        for (t, lv) in &local {
+            let changed_here = base.get(t) != Some(lv);
+            let untouched_there = remote.get(t) == base.get(t);
+            if changed_here && untouched_there {
+                put.push((t.clone(), lv.clone()));
+            }
+        }
+        let mut del: Vec<String> = Vec::new();
+        for (t, bv) in base {
+            if !local.contains_key(t) && remote.get(t) == Some(bv) {
+                del.push(t.clone());
+            }
+        }
+        if !put.is_empty() {
+            let mut c = redis::cmd("HSET");
+            c.arg(&key);
+            for (t, v) in &put {
+                c.arg(t).arg(v);
+                remote.insert(t.clone(), v.clone());
+            }
+            self.conn_cmd::<i64>(c).await?;
+        }
+        if !del.is_empty() {
+            let mut c = redis::cmd("HDEL");
+            c.arg(&key);
+            for t in &del {
+                c.arg(t);
+                remote.remove(t);
+            }
+            self.conn_cmd::<i64>(c).await?;
+        }
+        Ok(remote)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ban_round_trips() {
+        let b = Ban {
+            target: "ip:203.0.113.0/24".parse().expect("target"),
+            reason: "spam | and more".into(),
+            created: 5,
+            expires: Some(99),
+            source: BanSource::Auto,
+        };
+        assert_eq!(decode(&b.target.to_string(), &encode(&b)), Some(b.clone()));
+        let forever = Ban { expires: None, ..b };
+        assert_eq!(
+            decode(&forever.target.to_string(), &encode(&forever)),
+            Some(forever)
+        );
+    }
+}
