@@ -172,12 +172,15 @@ pub async fn serve(
         tokio::spawn(async move {
             // Direct clients (not trusted proxies) are held to the
             // per-address connection limits, as the TCP gateway does.
-            let Some(slot) = connection_slot(&gw, peer).await else {
-                let mut stream = stream;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    .await;
-                return;
+            let slot = match connection_slot(&gw, peer) {
+                Ok(slot) => slot,
+                Err(d) => {
+                    // One answer in the protocol's form (a client library
+                    // reads `retry_after_ms` from it), then close.
+                    let mut stream = stream;
+                    let _ = stream.write_all(&refusal(&gw, &d).await).await;
+                    return;
+                }
             };
             match acceptor {
                 #[cfg(feature = "tls")]
@@ -198,7 +201,11 @@ pub async fn serve(
     let _ = tokio::time::timeout(DRAIN, open_rx.recv()).await;
 }
 
-async fn connection_slot(gw: &Gateway, peer: SocketAddr) -> Option<Option<sluice_core::Guard>> {
+/// A connection slot for a direct client (none needed for a trusted proxy).
+fn connection_slot(
+    gw: &Gateway,
+    peer: SocketAddr,
+) -> Result<Option<sluice_core::Guard>, Box<sluice_core::Decision>> {
     let app = &gw.shared.app;
     let ip = sluice_core::target::canonical_ip(peer.ip());
     if app
@@ -208,17 +215,38 @@ async fn connection_slot(gw: &Gateway, peer: SocketAddr) -> Option<Option<sluice
         .iter()
         .any(|n| n.contains(&ip))
     {
-        return Some(None);
+        return Ok(None);
     }
     match app.engine().acquire_guard(&Ask::client("connection").ip(ip)) {
-        Ok(Ok(g)) => Some(Some(g)),
+        Ok(Ok(g)) => Ok(Some(g)),
         Ok(Err(d)) => {
             let t = app.engine().with_policy(|p| p.normalizer().ip_target(ip));
             app.observe(sluice_core::Side::Client, "connection", &[t], &d);
-            None
+            Err(Box::new(d))
         }
-        Err(_) => Some(None),
+        Err(_) => Ok(None),
     }
+}
+
+/// A refused connection's only response, as bytes: status, headers, body.
+async fn refusal(gw: &Gateway, d: &sluice_core::Decision) -> Vec<u8> {
+    use http_body_util::BodyExt as _;
+    let protocol = gw.shared.cfg.protocol;
+    let resp = respond::denied(protocol, protocol == sluice_config::HttpProtocol::Matrix, d);
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let reason = parts.status.canonical_reason().unwrap_or("");
+    let mut out = format!("HTTP/1.1 {} {reason}\r\n", parts.status.as_u16()).into_bytes();
+    for (k, v) in &parts.headers {
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let tail = format!("content-length: {}\r\nconnection: close\r\n\r\n", body.len());
+    out.extend_from_slice(tail.as_bytes());
+    out.extend_from_slice(&body);
+    out
 }
 
 async fn connection<S>(gw: Gateway, io: S, peer: SocketAddr, mut stop: tokio::sync::watch::Receiver<bool>)
