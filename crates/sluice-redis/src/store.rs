@@ -100,12 +100,6 @@ pub enum ConnectError {
     /// The key prefix contains a brace.
     #[error("key prefix {0:?} must not contain '{{' or '}}'")]
     Prefix(String),
-    /// Connecting failed (Cluster only: a single node connects lazily).
-    #[error("connecting to Redis")]
-    Connect(#[source] redis::RedisError),
-    /// Connecting took longer than `connect_timeout`.
-    #[error("connecting to Redis timed out after {0:?}")]
-    Timeout(Duration),
     /// Not called inside a tokio runtime.
     #[error("RedisStore must be created inside a tokio runtime")]
     NoRuntime,
@@ -114,21 +108,36 @@ pub enum ConnectError {
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    /// Connected on first use, so an instance starts while Redis is down.
+    Cluster(
+        Arc<(
+            tokio::sync::OnceCell<ClusterConnection>,
+            redis::cluster::ClusterClient,
+        )>,
+    ),
 }
 
 impl Conn {
+    async fn cluster(
+        cell: &tokio::sync::OnceCell<ClusterConnection>,
+        client: &redis::cluster::ClusterClient,
+    ) -> RedisResult<ClusterConnection> {
+        cell.get_or_try_init(|| client.get_async_connection())
+            .await
+            .cloned()
+    }
+
     async fn script<T: FromRedisValue>(&self, inv: &ScriptInvocation<'_>) -> RedisResult<T> {
         match self {
             Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
-            Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
+            Conn::Cluster(c) => inv.invoke_async(&mut Self::cluster(&c.0, &c.1).await?).await,
         }
     }
 
     async fn cmd<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
         match self {
             Conn::Single(c) => query(cmd, &mut c.clone()).await,
-            Conn::Cluster(c) => query(cmd, &mut c.clone()).await,
+            Conn::Cluster(c) => query(cmd, &mut Self::cluster(&c.0, &c.1).await?).await,
         }
     }
 }
@@ -217,10 +226,16 @@ fn tau(g: &sluice_core::gcra::Gcra) -> u64 {
 }
 
 impl RedisStore {
-    /// Connects (a single node lazily: the first decisions may fail over to
-    /// `on_error` while Redis is unreachable, and it reconnects by itself).
-    /// Must be called inside a tokio runtime, which then runs the store's I/O.
+    /// Connects. See [`RedisStore::open`]; this is the same, for async callers.
     pub async fn connect(opts: Options) -> Result<Self, ConnectError> {
+        Self::open(opts)
+    }
+
+    /// A store whose connection is made on first use: an instance starts
+    /// while Redis is down, answers `on_error` until it is up, and
+    /// reconnects by itself after an outage. Must be called inside a tokio
+    /// runtime, which then runs the store's I/O.
+    pub fn open(opts: Options) -> Result<Self, ConnectError> {
         if opts.key_prefix.contains(['{', '}']) {
             return Err(ConnectError::Prefix(opts.key_prefix.clone()));
         }
@@ -231,11 +246,7 @@ impl RedisStore {
                 .response_timeout(opts.command_timeout)
                 .build()
                 .map_err(ConnectError::Url)?;
-            let c = tokio::time::timeout(opts.connect_timeout * 2, client.get_async_connection())
-                .await
-                .map_err(|_| ConnectError::Timeout(opts.connect_timeout))?
-                .map_err(ConnectError::Connect)?;
-            Conn::Cluster(c)
+            Conn::Cluster(Arc::new((tokio::sync::OnceCell::new(), client)))
         } else {
             let client = redis::Client::open(opts.url.as_str()).map_err(ConnectError::Url)?;
             let cfg = ConnectionManagerConfig::new()

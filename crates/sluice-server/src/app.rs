@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use sluice_config::{Config, StoreKind};
+use sluice_config::Config;
 use sluice_core::{Ban, Clock, CoarseClock, Decision, Engine, MemoryStore, Nanos, Side, Target};
 use tokio::sync::Notify;
 
@@ -43,6 +43,7 @@ pub enum ServerError {
 pub(crate) struct Inner {
     pub engine: Engine,
     pub memory: Option<Arc<MemoryStore>>,
+    pub backend: crate::backend::Backend,
     pub config: ArcSwap<Config>,
     pub metrics: Metrics,
     pub top: TopTracker,
@@ -114,11 +115,9 @@ impl App {
 
     /// Builds the service with an injected clock (tests use a fake one).
     pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, ServerError> {
-        let memory = match config.store.kind {
-            StoreKind::Memory => Arc::new(MemoryStore::new(config.store.max_keys)),
-            StoreKind::Redis => return Err(ServerError::Store("redis".into())),
-        };
-        let engine = Engine::new(config.policy.clone(), memory.clone(), clock);
+        let backend = crate::backend::Backend::open(&config)?;
+        let engine = Engine::new(config.policy.clone(), backend.store(), clock);
+        backend.start(&engine);
         let state_dir = config.server.state_dir.clone().or_else(default_state_dir);
         let bans_file = state_dir.as_deref().map(BanFile::in_dir);
         let admin_token = read_token(&config.server.admin_token_file)?;
@@ -128,7 +127,8 @@ impl App {
                 top: TopTracker::new(Duration::from_secs(60)),
                 privacy: ArcSwap::from_pointee(Privacy::new(config.privacy.log_ips)),
                 engine,
-                memory: Some(memory),
+                memory: backend.memory(),
+                backend,
                 config: ArcSwap::from_pointee(config),
                 bans_file,
                 persist: Notify::new(),

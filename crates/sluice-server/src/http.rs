@@ -263,7 +263,7 @@ async fn decide(app: App, body: Body, acquire: bool) -> Response {
         Ok(a) => a,
         Err(e) => return bad(&app, e),
     };
-    match run_decision(&app, ask, &seen, acquire) {
+    match run_decision(&app, ask, &seen, acquire).await {
         Ok((d, headers)) => {
             if acquire {
                 let body = AcquireOut {
@@ -290,7 +290,7 @@ async fn auth(State(app): State<App>, Query(q): Query<Vec<(String, String)>>) ->
         Ok(a) => a,
         Err(e) => return bad(&app, e),
     };
-    match run_decision(&app, ask, &seen, false) {
+    match run_decision(&app, ask, &seen, false).await {
         Ok((d, headers)) => {
             let status = if d.allowed {
                 StatusCode::NO_CONTENT
@@ -304,7 +304,7 @@ async fn auth(State(app): State<App>, Query(q): Query<Vec<(String, String)>>) ->
 }
 
 /// Decides one request (plan, store, finish in the engine) and observes it.
-fn run_decision(
+async fn run_decision(
     app: &App,
     ask: input::Ask,
     seen: &[Target],
@@ -321,9 +321,8 @@ fn run_decision(
         (false, true) => Mode::DryRun,
         (false, false) => Mode::Check,
     };
-    let d = app
-        .engine()
-        .decide(&req, mode)
+    let d = crate::backend::decide(app, &req, mode)
+        .await
         .map_err(|e| Box::new(engine_error(app, e)))?;
     if !ask.dry_run {
         app.observe(ask.side, &ask.action, seen, &d);
@@ -355,7 +354,7 @@ async fn release(State(app): State<App>, body: Body) -> Response {
         Ok(id) => id,
         Err(e) => return bad(&app, e),
     };
-    match app.engine().release(id) {
+    match crate::backend::release(&app, id).await {
         Ok(released) => axum::Json(json!({"released": released})).into_response(),
         Err(e) => engine_error(&app, e),
     }

@@ -19,6 +19,7 @@
 //! ```
 
 mod app;
+mod backend;
 mod http;
 pub mod input;
 mod metrics;

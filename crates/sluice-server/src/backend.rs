@@ -1,0 +1,104 @@
+//! Where the engine's state lives for this service: the in-process memory
+//! store, or Redis shared by every instance (`[store] kind = "redis"`).
+//!
+//! The engine is synchronous. With memory, a decision is one engine call.
+//! With Redis, the handler plans in the engine, awaits the store's script
+//! on the runtime (so concurrent decisions pipeline over one connection
+//! instead of blocking workers), and finishes in the engine; when Redis
+//! fails, `store.on_error` decides, and the failure is counted in
+//! `sluice_store_errors_total` and logged by the store.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_config::{Config, OnError, StoreKind};
+use sluice_core::store::LeaseId;
+use sluice_core::{Decision, Engine, EngineError, MemoryStore, Mode, Request, Store};
+use sluice_redis::{FailMode, Options, RedisStore};
+
+use crate::app::{App, ServerError};
+
+/// The store behind the engine.
+pub(crate) enum Backend {
+    Memory(Arc<MemoryStore>),
+    Redis(RedisStore),
+}
+
+/// How often shared bans are merged (see `sluice_redis` docs).
+const BAN_SYNC: Duration = Duration::from_secs(1);
+
+impl Backend {
+    /// The backend `config` asks for. Redis needs a tokio runtime.
+    pub(crate) fn open(config: &Config) -> Result<Self, ServerError> {
+        Ok(match config.store.kind {
+            StoreKind::Memory => Backend::Memory(Arc::new(MemoryStore::new(config.store.max_keys))),
+            StoreKind::Redis => {
+                let c = &config.store;
+                let mut o = Options::new(c.url.clone().unwrap_or_default());
+                o.cluster = c.cluster;
+                o.key_prefix = c.key_prefix.clone();
+                o.connect_timeout = c.connect_timeout;
+                o.command_timeout = c.command_timeout;
+                o.on_error = match c.on_error {
+                    OnError::Allow => FailMode::Allow,
+                    OnError::Deny => FailMode::Deny,
+                };
+                Backend::Redis(RedisStore::open(o).map_err(|e| ServerError::Store(format!("redis: {e}")))?)
+            }
+        })
+    }
+
+    pub(crate) fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Backend::Memory(m) => m.clone(),
+            Backend::Redis(r) => Arc::new(r.clone()),
+        }
+    }
+
+    pub(crate) fn memory(&self) -> Option<Arc<MemoryStore>> {
+        match self {
+            Backend::Memory(m) => Some(m.clone()),
+            Backend::Redis(_) => None,
+        }
+    }
+
+    /// Background work: merging shared bans.
+    pub(crate) fn start(&self, engine: &Engine) {
+        if let Backend::Redis(r) = self {
+            r.sync_bans(engine.clone(), BAN_SYNC);
+        }
+    }
+}
+
+/// One decision, on whichever store.
+pub(crate) async fn decide(app: &App, req: &Request<'_>, mode: Mode) -> Result<Decision, EngineError> {
+    let Backend::Redis(store) = &app.inner.backend else {
+        return app.engine().decide(req, mode);
+    };
+    let engine = app.engine();
+    let plan = engine.plan(req, mode)?;
+    let outcome = if plan.needs_store() {
+        match store.decide_async(plan.batch(), plan.now()).await {
+            Ok(o) => o,
+            Err(_) => {
+                app.inner.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                store.fallback(plan.batch(), plan.now())
+            }
+        }
+    } else {
+        Default::default()
+    };
+    Ok(engine.finish(plan, outcome))
+}
+
+/// Releases a lease on whichever store.
+pub(crate) async fn release(app: &App, id: LeaseId) -> Result<bool, EngineError> {
+    let Backend::Redis(store) = &app.inner.backend else {
+        return app.engine().release(id);
+    };
+    store.release_async(id, app.now()).await.map_err(|e| {
+        app.inner.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+        EngineError::Store(e)
+    })
+}
