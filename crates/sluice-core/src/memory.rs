@@ -254,11 +254,17 @@ impl MemoryStore {
     }
 
     #[inline]
-    fn line_indexes(&self, key: u64) -> (usize, usize) {
+    fn line_indexes(&self, fp: u64) -> (usize, usize) {
         let n = self.lines.len() as u128;
+        // A fingerprint's top bit is always clear (it is the heavy flag's
+        // place in the key word), and multiply-shift reduction reads the top
+        // bits: rotate so they are all random, or line A would only ever be
+        // in the first half of the table (a bug that once had the table
+        // evicting live keys at a third full).
+        let h = fp.rotate_left(1);
         // Lemire's multiply-shift range reduction: no modulo, any table size.
-        let a = ((u128::from(key) * n) >> 64) as usize;
-        let b = ((u128::from(key.rotate_left(32) ^ 0x5851_F42D_4C95_7F2D) * n) >> 64) as usize;
+        let a = ((u128::from(h) * n) >> 64) as usize;
+        let b = ((u128::from(h.rotate_left(32) ^ 0x5851_F42D_4C95_7F2D) * n) >> 64) as usize;
         (a, b)
     }
 

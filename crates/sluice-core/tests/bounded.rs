@@ -282,3 +282,30 @@ fn lease_table_is_bounded_too() {
         .allowed
     );
 }
+
+/// Regression: line A was only ever chosen from the first half of the table
+/// (the fingerprint's top bit is always clear and the line index was taken
+/// from the top bits), so live keys were evicted at a third full.
+#[test]
+fn regression_table_fills_before_evicting() {
+    let store = MemoryStore::new(40_000);
+    let rate: sluice_core::Rate = "10/1h".parse().unwrap();
+    for i in 0..26_000u64 {
+        let key = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x1234_5678;
+        let bucket = sluice_core::store::Bucket {
+            key,
+            limit: "regression",
+            target: sluice_core::Target::Global,
+            gcra: rate.gcra(),
+            cost: 1,
+            shadow: false,
+        };
+        let batch = sluice_core::store::Batch {
+            buckets: [bucket].into_iter().collect(),
+            ..Default::default()
+        };
+        assert!(store.decide(&batch, 1_000_000_000_000).unwrap().committed);
+    }
+    // 65% full: two choices of four cells leave every key a place.
+    assert_eq!(store.stats().evictions, 0);
+}
