@@ -264,6 +264,22 @@ impl Origin {
     }
 }
 
+/// The fuzz target's body (`fuzz/fuzz_targets/forwarded.rs`): both parsers
+/// and the walk on arbitrary bytes, checking what must always hold.
+pub fn fuzz(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut hops = Vec::new();
+    parse_forwarded(&text, &mut hops);
+    parse_xff(&text, &mut hops);
+    let peer = IpAddr::from([10, 0, 0, 1]);
+    let trusted = |a: &IpAddr| matches!(a, IpAddr::V4(v4) if v4.octets()[0] == 10);
+    let o = walk(peer, &hops, trusted);
+    // The peer always ends the chain, and the client is in it.
+    assert_eq!(o.chain.last(), Some(&peer));
+    assert!(o.chain.contains(&o.client));
+    let _ = o.forwarded("https", Some(&text));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +411,11 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn fuzz_body_holds_on_any_bytes(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            fuzz(&data);
+        }
+
         #[test]
         fn parsers_never_panic(s in "\\PC{0,200}") {
             let mut out = Vec::new();
