@@ -72,7 +72,7 @@ pub use relay::ConnBudget;
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     /// A listener's address could not be bound.
-    #[error("gateway.tcp listen {listen}: {source}")]
+    #[error("gateway.tcp listen {listen}: cannot bind")]
     Bind {
         /// The configured address.
         listen: SocketAddr,
