@@ -99,6 +99,7 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 /// Returns the bound addresses (port 0 resolved).
 pub async fn start(app: &App) -> Result<Vec<SocketAddr>, GatewayError> {
     let mut bound = Vec::new();
+    let mut gateways = Vec::new();
     for cfg in app.config().gateway.http.clone() {
         let addr = cfg.listen;
         let listener = TcpListener::bind(addr)
@@ -110,9 +111,12 @@ pub async fn start(app: &App) -> Result<Vec<SocketAddr>, GatewayError> {
         let gw = Gateway::new(app.clone(), cfg)?;
         let acceptor = acceptor(&gw.shared.cfg)?;
         tracing::warn!(listen = %local, upstream = %gw.shared.cfg.upstream, protocol = ?gw.shared.cfg.protocol, "http gateway serving");
-        app.add_metrics(metrics_source(&gw, local));
+        gateways.push((gw.clone(), local));
         app.spawn(serve(listener, gw, acceptor, app.shutdown_watch()));
         bound.push(local);
+    }
+    if !gateways.is_empty() {
+        app.add_metrics(metrics_source(gateways));
     }
     Ok(bound)
 }
@@ -279,35 +283,39 @@ where
     }
 }
 
-fn metrics_source(gw: &Gateway, listen: SocketAddr) -> sluice_server::MetricsSource {
-    let gw = gw.clone();
+/// One source for every gateway of the process: each family's `# TYPE`
+/// line once, then one sample per gateway.
+fn metrics_source(gws: Vec<(Gateway, SocketAddr)>) -> sluice_server::MetricsSource {
     Arc::new(move |out: &mut String| {
         use std::fmt::Write as _;
-        let c = &gw.shared.counters;
-        let l = listen.to_string();
         let _ = writeln!(out, "# TYPE sluice_http_gateway_requests_total counter");
-        for (outcome, v) in [
-            ("forwarded", &c.forwarded),
-            ("denied", &c.denied),
-            ("upstream_error", &c.upstream_errors),
-        ] {
-            let _ = writeln!(
-                out,
-                "sluice_http_gateway_requests_total{{listen=\"{l}\",outcome=\"{outcome}\"}} {}",
-                v.load(Ordering::Relaxed)
-            );
+        for (gw, l) in &gws {
+            let c = &gw.shared.counters;
+            for (outcome, v) in [
+                ("forwarded", &c.forwarded),
+                ("denied", &c.denied),
+                ("upstream_error", &c.upstream_errors),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "sluice_http_gateway_requests_total{{listen=\"{l}\",outcome=\"{outcome}\"}} {}",
+                    v.load(Ordering::Relaxed)
+                );
+            }
         }
-        let _ = writeln!(out, "# TYPE sluice_http_gateway_auth_failures_total counter");
-        let _ = writeln!(
-            out,
-            "sluice_http_gateway_auth_failures_total{{listen=\"{l}\"}} {}",
-            c.auth_failures.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(out, "# TYPE sluice_http_gateway_whoami_total counter");
-        let _ = writeln!(
-            out,
-            "sluice_http_gateway_whoami_total{{listen=\"{l}\"}} {}",
-            c.whoami.load(Ordering::Relaxed)
-        );
+        for (family, pick) in [
+            (
+                "auth_failures",
+                (|c: &proxy::Counters| &c.auth_failures)
+                    as fn(&proxy::Counters) -> &std::sync::atomic::AtomicU64,
+            ),
+            ("whoami", |c: &proxy::Counters| &c.whoami),
+        ] {
+            let _ = writeln!(out, "# TYPE sluice_http_gateway_{family}_total counter");
+            for (gw, l) in &gws {
+                let v = pick(&gw.shared.counters).load(Ordering::Relaxed);
+                let _ = writeln!(out, "sluice_http_gateway_{family}_total{{listen=\"{l}\"}} {v}");
+            }
+        }
     })
 }
