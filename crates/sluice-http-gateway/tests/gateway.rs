@@ -735,3 +735,44 @@ async fn metrics_and_top_see_gateway_decisions() {
     let _ = tx.send(());
     server.await.unwrap().unwrap();
 }
+
+/// TLS on the listener from PEM files (a self-signed test certificate for
+/// `localhost`, valid for a century, in tests/data).
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn tls_listener_serves_https() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+    let extra = format!("tls_cert = \"{data}/localhost.pem\"\ntls_key = \"{data}/localhost.key\"\n");
+    let h = start("matrix", "", &extra).await;
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(format!("{data}/localhost.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(
+        b"GET /_matrix/client/v3/capabilities HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tls.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // The upstream is told the client came over HTTPS.
+    assert!(text.contains("\"x-forwarded-proto\":\"https\""), "{text}");
+}
