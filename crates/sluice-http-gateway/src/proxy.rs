@@ -609,7 +609,7 @@ impl Gateway {
                         .and_then(|q| identity::query_param(q, "user_id"))
                         .and_then(|u| Target::user(&u).ok());
                 } else {
-                    targets.user = self.user_of_token(token).await;
+                    targets.user = self.user_of_token(token, origin.client).await;
                 }
             }
             Credential::Basic { user, password } => {
@@ -658,7 +658,7 @@ impl Gateway {
         }
     }
 
-    async fn user_of_token(&self, token: &str) -> Option<Target> {
+    async fn user_of_token(&self, token: &str, ip: IpAddr) -> Option<Target> {
         let hash = identity::keyed(&self.shared.key, &["token", token]);
         let pseudonym = || match self.protocol() {
             HttpProtocol::Matrix => Target::user(&format!("@token-{hash:016x}:sluice.invalid")).ok(),
@@ -670,6 +670,12 @@ impl Gateway {
         }
         if let Some(known) = self.shared.whoami.get(&hash) {
             return known;
+        }
+        // An unknown token costs the address one anonymous request: a flood
+        // of made-up tokens cannot turn into a flood of whoami calls.
+        let lookup = Ask::client("request").ip(ip);
+        if self.engine().check(&lookup).is_ok_and(|d| !d.allowed) {
+            return pseudonym();
         }
         match self.whoami(token).await {
             Ok(user) => {

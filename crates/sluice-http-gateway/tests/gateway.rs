@@ -776,3 +776,23 @@ async fn tls_listener_serves_https() {
     // The upstream is told the client came over HTTPS.
     assert!(text.contains("\"x-forwarded-proto\":\"https\""), "{text}");
 }
+
+#[tokio::test]
+async fn made_up_tokens_cannot_flood_whoami() {
+    let limits = "[limits.client.target]\nrequest = [{ rate = \"5/1h\", per = \"anonymous_ip\" }, { rate = \"1000/1h\", per = \"user\" }]\n";
+    let h = start("matrix", &format!("{TRUSTING}{limits}"), "").await;
+    for i in 0..20 {
+        let auth = format!("Bearer bad-{i}");
+        let hd = [
+            ("authorization", auth.as_str()),
+            ("x-forwarded-for", "203.0.113.120"),
+        ];
+        h.get("/_matrix/client/v3/capabilities", &hd).await;
+    }
+    // Each lookup costs an anonymous request of the address: at most 5.
+    assert!(
+        h.seen.whoami.load(Ordering::SeqCst) <= 5,
+        "{}",
+        h.seen.whoami.load(Ordering::SeqCst)
+    );
+}
