@@ -311,6 +311,30 @@ impl Compiler<'_> {
         if let Some(t) = &raw.command_timeout {
             c.command_timeout = self.duration(t)?;
         }
+        if let Some(n) = &raw.local_admission {
+            if c.kind != StoreKind::Redis {
+                return Err(self.err(span_of(n), "`local_admission` is only used with kind = \"redis\""));
+            }
+            c.local_admission = match u32::try_from(*n.get_ref()) {
+                Ok(n) if (1..=10_000).contains(&n) => n,
+                _ => {
+                    return Err(self.err(
+                        span_of(n),
+                        "local_admission must be between 1 (off) and 10000 requests per Redis call",
+                    ))
+                }
+            };
+        }
+        if let Some(t) = &raw.local_hold {
+            if c.kind != StoreKind::Redis {
+                return Err(self.err(span_of(t), "`local_hold` is only used with kind = \"redis\""));
+            }
+            let d = self.duration(t)?;
+            if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&d) {
+                return Err(self.err(span_of(t), "local_hold must be between 10ms and 60s"));
+            }
+            c.local_hold = d;
+        }
         Ok(c)
     }
 

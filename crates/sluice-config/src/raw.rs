@@ -68,6 +68,8 @@ pub(crate) struct RawStore {
     pub cluster: Option<S<bool>>,
     pub connect_timeout: Option<S<String>>,
     pub command_timeout: Option<S<String>>,
+    pub local_admission: Option<S<i64>>,
+    pub local_hold: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -76,6 +76,12 @@ pub struct StoreConfig {
     pub connect_timeout: Duration,
     /// Time allowed for one Redis command (default 250ms).
     pub command_timeout: Duration,
+    /// Local admission: each Redis call takes up to this many requests'
+    /// worth of units per bucket, the rest are admitted here without Redis
+    /// (default 1: off). Bounded overshoot; see `docs/redis.md`.
+    pub local_admission: u32,
+    /// How long units taken for local admission stay usable (default 1s).
+    pub local_hold: Duration,
 }
 
 impl Default for StoreConfig {
@@ -89,6 +95,8 @@ impl Default for StoreConfig {
             cluster: false,
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_millis(250),
+            local_admission: 1,
+            local_hold: Duration::from_secs(1),
         }
     }
 }

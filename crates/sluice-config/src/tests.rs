@@ -130,6 +130,8 @@ on_error = "deny"
 key_prefix = "s1:"
 connect_timeout = "2s"
 command_timeout = "100ms"
+local_admission = 50
+local_hold = "500ms"
 [network]
 ipv4_prefix = 24
 ipv6_prefix = 56
@@ -144,6 +146,8 @@ log_ips = true
     assert_eq!(c.store.key_prefix, "s1:");
     assert_eq!(c.store.connect_timeout, Duration::from_secs(2));
     assert_eq!(c.store.command_timeout, Duration::from_millis(100));
+    assert_eq!(c.store.local_admission, 50);
+    assert_eq!(c.store.local_hold, Duration::from_millis(500));
     assert_eq!(c.policy.normalizer().ipv4_prefix(), 24);
     assert_eq!(c.policy.normalizer().ipv6_prefix(), 56);
     assert!(c.privacy.log_ips);
@@ -736,6 +740,45 @@ fn server_store_network_errors() {
     err_at("[store]\nkey_prefix = \"a b\"\n", 2, 14, "key_prefix");
     err_at("[store]\ncommand_timeout = \"fast\"\n", 2, 19, "bad period");
     err_at("[store]\nconnect_timeout = \"0s\"\n", 2, 19, "greater than zero");
+    err_at("[store]\nlocal_admission = 50\n", 2, 19, "only used with kind");
+    let redis = "[store]\nkind = \"redis\"\nurl = \"redis://x\"\n";
+    err_at(
+        &format!("{redis}local_admission = 0\n"),
+        4,
+        19,
+        "between 1 (off) and 10000",
+    );
+    err_at(
+        &format!("{redis}local_admission = -3\n"),
+        4,
+        19,
+        "between 1 (off) and 10000",
+    );
+    err_at(
+        &format!("{redis}local_admission = 10001\n"),
+        4,
+        19,
+        "between 1 (off) and 10000",
+    );
+    err_at(
+        &format!("{redis}local_admission = \"50\"\n"),
+        4,
+        19,
+        "invalid type",
+    );
+    err_at(
+        &format!("{redis}local_hold = \"5ms\"\n"),
+        4,
+        14,
+        "between 10ms and 60s",
+    );
+    err_at(
+        &format!("{redis}local_hold = \"2m\"\n"),
+        4,
+        14,
+        "between 10ms and 60s",
+    );
+    err_at("[store]\nlocal_hold = \"1s\"\n", 2, 14, "only used with kind");
     err_at(
         "[network]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n",
         2,

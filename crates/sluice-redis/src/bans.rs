@@ -59,11 +59,13 @@ fn decode(target: &str, v: &str) -> Option<Ban> {
 
 impl RedisStore {
     /// Keeps `engine`'s bans and the shared hash in step, every `interval`,
-    /// until the runtime shuts down. Also refreshes the key count for
-    /// metrics. Errors are logged and retried at the next tick.
+    /// until the runtime shuts down. Also refreshes the key count and the
+    /// live lease count for metrics. Errors are logged and retried at the
+    /// next tick. Runs on the store's runtime, so it may be called from any
+    /// thread.
     pub fn sync_bans(&self, engine: Engine, interval: Duration) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
-        tokio::spawn(async move {
+        self.runtime().spawn(async move {
             let mut base: HashMap<String, String> = HashMap::new();
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -76,6 +78,7 @@ impl RedisStore {
                 if let Ok(n) = this.conn_cmd::<u64>(redis::cmd("DBSIZE")).await {
                     this.set_db_keys(n);
                 }
+                let _ = this.count_leases(engine.now()).await;
             }
         })
     }

@@ -5,6 +5,7 @@
 //! {prefix}c:{limit}:{{target}}   concurrency slot: sorted set of lease ids scored by expiry (µs)
 //! {prefix}l:{{lease id}}         lease record: the slot keys it holds, one per line, PX until expiry
 //! {prefix}bans                   hash: target → encoded ban
+//! {prefix}leases                 sorted set: live lease ids scored by expiry (µs), for the gauge
 //! ```
 //!
 //! The `{target}` hash tag puts every key of one target in one Cluster slot,
@@ -49,6 +50,10 @@ impl Keys {
 
     pub(crate) fn lease(&self, id: u128) -> String {
         format!("{}l:{{{:032x}}}", self.prefix, id)
+    }
+
+    pub(crate) fn lease_index(&self) -> String {
+        format!("{}leases", self.prefix)
     }
 
     pub(crate) fn bans(&self) -> String {

@@ -100,6 +100,9 @@ pub enum ConnectError {
     /// The key prefix contains a brace.
     #[error("key prefix {0:?} must not contain '{{' or '}}'")]
     Prefix(String),
+    /// A TLS URL (`rediss://`, `valkeys://`) in a build without TLS.
+    #[error("{0}:// (TLS) needs sluice built with TLS: cargo build --release --features sluice-redis/tls")]
+    TlsNotBuilt(String),
     /// Not called inside a tokio runtime.
     #[error("RedisStore must be created inside a tokio runtime")]
     NoRuntime,
@@ -159,6 +162,9 @@ pub struct RedisStats {
     pub local_admits: u64,
     /// Keys in the Redis database (refreshed by [`RedisStore::sync_bans`]).
     pub db_keys: u64,
+    /// Live leases of every instance sharing the key prefix (refreshed by
+    /// [`RedisStore::sync_bans`]).
+    pub active_leases: u64,
 }
 
 struct Inner {
@@ -168,6 +174,7 @@ struct Inner {
     decide: Script,
     undo: Script,
     release: Script,
+    leases: Script,
     local: Local,
     handle: tokio::runtime::Handle,
     offset: AtomicU64,
@@ -176,6 +183,7 @@ struct Inner {
     cached: AtomicU64,
     local_admits: AtomicU64,
     db_keys: AtomicU64,
+    active_leases: AtomicU64,
     last_log: AtomicU64,
 }
 
@@ -239,6 +247,17 @@ impl RedisStore {
         if opts.key_prefix.contains(['{', '}']) {
             return Err(ConnectError::Prefix(opts.key_prefix.clone()));
         }
+        let scheme = opts.url.split_once("://").map_or("", |(s, _)| s);
+        let tls = matches!(scheme, "rediss" | "valkeys");
+        if tls && cfg!(not(feature = "tls")) {
+            return Err(ConnectError::TlsNotBuilt(scheme.to_owned()));
+        }
+        // redis enables rustls without a crypto provider; pick ring (as the
+        // HTTP gateway does). Fails harmlessly if one is installed already.
+        #[cfg(feature = "tls")]
+        if tls {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let handle = tokio::runtime::Handle::try_current().map_err(|_| ConnectError::NoRuntime)?;
         let conn = if opts.cluster {
             let client = redis::cluster::ClusterClientBuilder::new(vec![opts.url.as_str()])
@@ -264,6 +283,7 @@ impl RedisStore {
                 decide: Script::new(include_str!("lua/decide.lua")),
                 undo: Script::new(include_str!("lua/undo.lua")),
                 release: Script::new(include_str!("lua/release.lua")),
+                leases: Script::new(include_str!("lua/leases.lua")),
                 local: Local::new(opts.deny_cache, opts.local_admission, nanos_of(opts.local_hold)),
                 handle,
                 offset: AtomicU64::new(0),
@@ -272,6 +292,7 @@ impl RedisStore {
                 cached: AtomicU64::new(0),
                 local_admits: AtomicU64::new(0),
                 db_keys: AtomicU64::new(0),
+                active_leases: AtomicU64::new(0),
                 last_log: AtomicU64::new(0),
                 opts,
             }),
@@ -292,6 +313,7 @@ impl RedisStore {
             cached_denials: i.cached.load(Ordering::Relaxed),
             local_admits: i.local_admits.load(Ordering::Relaxed),
             db_keys: i.db_keys.load(Ordering::Relaxed),
+            active_leases: i.active_leases.load(Ordering::Relaxed),
         }
     }
 
@@ -318,12 +340,38 @@ impl RedisStore {
         }
     }
 
+    /// The runtime the store was opened in, which runs its I/O.
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.inner.handle
+    }
+
     pub(crate) fn keys(&self) -> &Keys {
         &self.inner.keys
     }
 
     pub(crate) fn set_db_keys(&self, n: u64) {
         self.inner.db_keys.store(n, Ordering::Relaxed);
+    }
+
+    /// Counts the live leases of every instance sharing the key prefix
+    /// (one small script on the lease index; lapsed entries are dropped),
+    /// and remembers the count for [`Store::active_leases`].
+    /// [`RedisStore::sync_bans`] calls it every interval.
+    pub async fn count_leases(&self, now: Nanos) -> Result<u64, StoreError> {
+        let fut = async {
+            let mut inv = self.inner.leases.prepare_invoke();
+            let (pinned, offset) = self.clock_args(now);
+            inv.key(self.inner.keys.lease_index()).arg(pinned).arg(offset);
+            self.inner.conn.script::<u64>(&inv).await.map_err(unavailable)
+        };
+        let t = self.inner.opts.command_timeout;
+        let n = match tokio::time::timeout(t, fut).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(self.failed(e)),
+            Err(_) => return Err(self.failed(StoreError::Unavailable(format!("no answer within {t:?}")))),
+        };
+        self.inner.active_leases.store(n, Ordering::Relaxed);
+        Ok(n)
     }
 
     /// Counts a failure and logs it (at most once a second).
@@ -498,7 +546,7 @@ impl RedisStore {
         if with_lease || !g.slots.is_empty() {
             let id = batch.lease.map_or(0, |(id, _)| id);
             if with_lease {
-                inv.key(keys.lease(id));
+                inv.key(keys.lease(id)).key(keys.lease_index());
             }
             inv.arg(format!("{id:032x}")).arg(self.lease_ttl(batch, now));
         }
@@ -634,7 +682,16 @@ impl RedisStore {
                     .arg(record)
                     .arg("PX")
                     .arg(ttl_ms);
-                let _: () = self.inner.conn.cmd(&cmd).await.map_err(unavailable)?;
+                // The record and the index live in other slots: two
+                // commands, sent together.
+                let mut zadd = redis::cmd("ZADD");
+                zadd.arg(self.inner.keys.lease_index())
+                    .arg(exp_us)
+                    .arg(format!("{id:032x}"));
+                let (set, added) =
+                    tokio::join!(self.inner.conn.cmd::<()>(&cmd), self.inner.conn.cmd::<i64>(&zadd));
+                set.map_err(unavailable)?;
+                added.map_err(unavailable)?;
             }
         }
         let granted = if committed {
@@ -656,11 +713,20 @@ impl RedisStore {
     /// from every slot it holds. `false` if unknown or expired.
     pub async fn release_async(&self, lease: LeaseId, now: Nanos) -> Result<bool, StoreError> {
         let fut = async {
+            let member = format!("{lease:032x}");
             let mut inv = self.inner.release.prepare_invoke();
             let (pinned, offset) = self.clock_args(now);
-            inv.key(self.inner.keys.lease(lease)).arg(pinned).arg(offset);
+            inv.key(self.inner.keys.lease(lease));
+            if self.inner.opts.cluster {
+                // The index lives in another slot.
+                let mut zrem = redis::cmd("ZREM");
+                zrem.arg(self.inner.keys.lease_index()).arg(&member);
+                let _: i64 = self.inner.conn.cmd(&zrem).await.map_err(unavailable)?;
+            } else {
+                inv.key(self.inner.keys.lease_index());
+            }
+            inv.arg(pinned).arg(offset).arg(&member);
             let (live, keys): (i64, String) = self.inner.conn.script(&inv).await.map_err(unavailable)?;
-            let member = format!("{lease:032x}");
             for key in keys.split('\n').filter(|k| !k.is_empty()) {
                 let mut zrem = redis::cmd("ZREM");
                 zrem.arg(key).arg(&member);
@@ -747,7 +813,26 @@ impl Store for RedisStore {
         self.inner.db_keys.load(Ordering::Relaxed)
     }
 
+    /// The count [`RedisStore::count_leases`] last saw (every instance's
+    /// leases; refreshed every second by [`RedisStore::sync_bans`]).
     fn active_leases(&self, _now: Nanos) -> u64 {
-        0
+        self.inner.active_leases.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(all(test, not(feature = "tls")))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tls_url_without_the_feature_is_a_clear_error() {
+        for url in ["rediss://127.0.0.1:6380", "valkeys://h:1"] {
+            for cluster in [false, true] {
+                let mut o = Options::new(url);
+                o.cluster = cluster;
+                let e = RedisStore::open(o).expect_err("TLS without the feature");
+                assert!(e.to_string().contains("--features sluice-redis/tls"), "{e}");
+            }
+        }
     }
 }

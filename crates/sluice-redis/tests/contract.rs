@@ -1,11 +1,14 @@
 //! The store contract, run against the memory store and the Redis store.
 //!
-//! Each test is written once against a [`Harness`] and instantiated three
+//! Each test is written once against a [`Harness`] and instantiated five
 //! times by `contract!`: memory; Redis on the caller's (fake) clock, whose
-//! answers must equal memory's exactly; and Redis on its own `TIME` clock
+//! answers must equal memory's exactly; Redis on its own `TIME` clock
 //! moved by a test offset, where only waits and resets may differ, by the
 //! real time the test took (`slack`) — counts never, because every limit
-//! here refills far slower than a test runs.
+//! here refills far slower than a test runs; and the same two on a
+//! three-node Redis Cluster, where every decision that names a target and
+//! `global` spans two hash slots (grouping, undo, lease records in a third
+//! slot).
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
@@ -68,14 +71,21 @@ fn memory(policy: Policy) -> Option<Harness> {
 
 fn redis(policy: Policy, time: TimeSource) -> Option<Harness> {
     let url = common::redis_url()?;
+    store_harness(policy, time, common::options(&url, "contract", time))
+}
+
+fn cluster(policy: Policy, time: TimeSource) -> Option<Harness> {
+    let urls = common::redis_cluster_urls()?;
+    store_harness(policy, time, common::cluster_options(&urls, "contract", time))
+}
+
+fn store_harness(policy: Policy, time: TimeSource, opts: sluice_redis::Options) -> Option<Harness> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    let store = rt
-        .block_on(RedisStore::connect(common::options(&url, "contract", time)))
-        .unwrap();
+    let store = rt.block_on(RedisStore::connect(opts)).unwrap();
     let clock = FakeClock::new();
     let engine = Engine::new(policy, Arc::new(store.clone()), Arc::new(clock.clone()));
     Some(Harness {
@@ -96,6 +106,14 @@ fn redis_caller_clock(policy: Policy) -> Option<Harness> {
 
 fn redis_server_clock(policy: Policy) -> Option<Harness> {
     redis(policy, TimeSource::Server)
+}
+
+fn cluster_caller_clock(policy: Policy) -> Option<Harness> {
+    cluster(policy, TimeSource::Caller)
+}
+
+fn cluster_server_clock(policy: Policy) -> Option<Harness> {
+    cluster(policy, TimeSource::Server)
 }
 
 /// One contract test, run against every store.
@@ -119,6 +137,14 @@ macro_rules! contract {
             #[test]
             fn redis_server_clock() {
                 run(super::redis_server_clock)
+            }
+            #[test]
+            fn cluster_caller_clock() {
+                run(super::cluster_caller_clock)
+            }
+            #[test]
+            fn cluster_server_clock() {
+                run(super::cluster_server_clock)
             }
         }
     };

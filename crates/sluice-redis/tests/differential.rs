@@ -41,18 +41,26 @@ impl Rng {
 #[test]
 fn redis_matches_memory_exactly() {
     let Some(url) = common::redis_url() else { return };
+    run(common::options(&url, "diff", TimeSource::Caller));
+}
+
+/// On a Cluster, batches naming several targets span slots (and nodes):
+/// grouping, undo and lease records must not change a single answer.
+#[test]
+fn cluster_matches_memory_exactly() {
+    let Some(urls) = common::redis_cluster_urls() else {
+        return;
+    };
+    run(common::cluster_options(&urls, "diff", TimeSource::Caller));
+}
+
+fn run(opts: sluice_redis::Options) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    let redis = rt
-        .block_on(RedisStore::connect(common::options(
-            &url,
-            "diff",
-            TimeSource::Caller,
-        )))
-        .unwrap();
+    let redis = rt.block_on(RedisStore::connect(opts)).unwrap();
     let memory = Arc::new(MemoryStore::new(1 << 12));
     let targets: Vec<Target> = [
         "ip:203.0.113.1",
@@ -141,6 +149,13 @@ fn redis_matches_memory_exactly() {
                 seen(memory.peek(b, now).unwrap()),
                 seen(redis.peek(b, now).unwrap()),
                 "peek at step {step}"
+            );
+        }
+        if step % 100 == 99 {
+            assert_eq!(
+                memory.active_leases(now),
+                rt.block_on(redis.count_leases(now)).unwrap(),
+                "live leases at step {step}"
             );
         }
     }

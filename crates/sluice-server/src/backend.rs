@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sluice_config::{Config, OnError, StoreKind};
 use sluice_core::store::LeaseId;
-use sluice_core::{Decision, Engine, EngineError, MemoryStore, Mode, Request, Store};
+use sluice_core::{Decision, Engine, EngineError, LimitReport, MemoryStore, Mode, Request, Store, Target};
 use sluice_redis::{FailMode, Options, RedisStore};
 
 use crate::app::{App, ServerError};
@@ -40,6 +40,8 @@ impl Backend {
                 o.key_prefix = c.key_prefix.clone();
                 o.connect_timeout = c.connect_timeout;
                 o.command_timeout = c.command_timeout;
+                o.local_admission = c.local_admission;
+                o.local_hold = c.local_hold;
                 o.on_error = match c.on_error {
                     OnError::Allow => FailMode::Allow,
                     OnError::Deny => FailMode::Deny,
@@ -101,4 +103,22 @@ pub(crate) async fn release(app: &App, id: LeaseId) -> Result<bool, EngineError>
         app.inner.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
         EngineError::Store(e)
     })
+}
+
+/// One target's state (admin inspect). On Redis the engine's inspect makes
+/// sync store calls that wait for Redis, so it runs on the blocking pool:
+/// a slow Redis then delays this admin request only, never the workers
+/// that serve decisions.
+pub(crate) async fn inspect(app: &App, target: Target) -> Result<Vec<LimitReport>, EngineError> {
+    if !matches!(app.inner.backend, Backend::Redis(_)) {
+        return app.engine().inspect(&target);
+    }
+    let engine = app.engine().clone();
+    tokio::task::spawn_blocking(move || engine.inspect(&target))
+        .await
+        .unwrap_or_else(|e| {
+            Err(EngineError::Store(sluice_core::StoreError::Unavailable(format!(
+                "inspect task: {e}"
+            ))))
+        })
 }

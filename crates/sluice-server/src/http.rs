@@ -501,7 +501,7 @@ async fn admin_inspect(State(app): State<App>, Path(target): Path<String>) -> Re
         Err(e) => return bad(&app, e),
     };
     let policy = app.engine().policy();
-    let limits = match app.engine().inspect(&t) {
+    let limits = match crate::backend::inspect(&app, t.clone()).await {
         Ok(l) => l,
         Err(e) => return engine_error(&app, e),
     };

@@ -1,6 +1,7 @@
 -- sluice: one decision, atomically (see src/script.rs for the contract).
 --
--- KEYS: nb bucket keys, then ns slot keys, then optionally the lease record.
+-- KEYS: nb bucket keys, then ns slot keys, then optionally the lease record
+-- and the lease index (sorted set of live leases, for the gauge).
 -- ARGV[1] pinned clock in ns ("" = Redis TIME), ARGV[2] test offset in ns,
 -- ARGV[3] nb, ARGV[4] ns, ARGV[5] "1" for a dry run,
 -- then per bucket: emission ns, tau ns, cost, shadow, impossible, extra units,
@@ -124,6 +125,11 @@ if commit then
     if lease_key then
       taken[#taken + 1] = ''
       redis.call('SET', lease_key, exp_us .. '\n' .. table.concat(taken, '\n'), 'PX', math.floor(ttl / 1000000) + 1 + margin)
+      local index = KEYS[nb + ns + 2]
+      if index then
+        redis.call('ZADD', index, exp_us, id)
+        redis.call('ZREMRANGEBYSCORE', index, '-inf', now_us)
+      end
     end
     lease_exp = exp_us
   end

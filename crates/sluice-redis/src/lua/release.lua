@@ -1,6 +1,9 @@
--- sluice: takes a lease record. KEYS[1] the record; ARGV[1] pinned clock
--- ("" = TIME), ARGV[2] test offset. Returns {live, slot keys joined by "\n"}:
--- live is 0 when the record is missing or its lease has lapsed.
+-- sluice: takes a lease record. KEYS[1] the record, KEYS[2] (optional) the
+-- lease index; ARGV[1] pinned clock ("" = TIME), ARGV[2] test offset,
+-- ARGV[3] the lease id (member of the index). Returns {live, slot keys
+-- joined by "\n"}: live is 0 when the record is missing or its lease has
+-- lapsed.
+if KEYS[2] then redis.call('ZREM', KEYS[2], ARGV[3]) end
 local rec = redis.call('GET', KEYS[1])
 if not rec then return {0, ''} end
 redis.call('DEL', KEYS[1])

@@ -22,6 +22,34 @@ pub fn redis_url() -> Option<String> {
     }
 }
 
+/// The first node of the Redis Cluster that `scripts/test` started
+/// (`scripts/services/redis-cluster.sh`: three primaries, no replicas), or
+/// `None` (with a loud message) outside it. Under `SLUICE_TEST_STRICT=1` a
+/// missing Cluster fails the test.
+pub fn redis_cluster_urls() -> Option<Vec<String>> {
+    match std::env::var("SLUICE_TEST_REDIS_CLUSTER_URLS") {
+        Ok(u) if !u.is_empty() => Some(u.split(',').map(str::to_owned).collect()),
+        _ => {
+            if std::env::var("SLUICE_TEST_STRICT").as_deref() == Ok("1") {
+                panic!(
+                    "SLUICE_TEST_REDIS_CLUSTER_URLS is not set (scripts/test starts a Redis Cluster and sets it)"
+                );
+            }
+            eprintln!(
+                "\n*** SKIPPED: no Redis Cluster (set SLUICE_TEST_REDIS_CLUSTER_URLS, or run ./scripts/test) ***\n"
+            );
+            None
+        }
+    }
+}
+
+/// Options for a Cluster store (seeded with one node; it finds the rest).
+pub fn cluster_options(urls: &[String], name: &str, time: TimeSource) -> Options {
+    let mut o = options(&urls[0], name, time);
+    o.cluster = true;
+    o
+}
+
 /// A key prefix no other test uses, so tests share one Redis in parallel.
 pub fn unique_prefix(name: &str) -> String {
     static SEQ: AtomicU64 = AtomicU64::new(0);
