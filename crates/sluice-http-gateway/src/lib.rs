@@ -50,7 +50,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -254,70 +253,33 @@ async fn refusal(gw: &Gateway, d: &sluice_core::Decision) -> Vec<u8> {
     out
 }
 
-async fn connection<S>(gw: Gateway, io: S, peer: SocketAddr, stop: tokio::sync::watch::Receiver<bool>)
+async fn connection<S>(gw: Gateway, io: S, peer: SocketAddr, mut stop: tokio::sync::watch::Receiver<bool>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // The upstream connection is driven here, next to the downstream one:
-    // a request and its answer stay in this task.
-    let (drivers_tx, mut drivers_rx) = tokio::sync::mpsc::unbounded_channel::<proxy::Driver>();
-    let upstream = Arc::new(proxy::Upstream::new(drivers_tx));
     let svc = service_fn(move |req| {
         let gw = gw.clone();
-        let upstream = upstream.clone();
-        async move { Ok::<_, Infallible>(gw.handle_on(req, peer, Some(&upstream)).await) }
+        async move { Ok::<_, Infallible>(gw.handle(req, peer).await) }
     });
-    let mut conn = Box::pin(
-        http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .serve_connection(TokioIo::new(io), svc)
-            .with_upgrades(),
-    );
-    // Polls every upstream connection future; done once the downstream
-    // side has let go of the upstream (channel closed) and they have ended.
-    let mut drivers: Vec<proxy::Driver> = Vec::new();
-    let mut closed = false;
-    let mut drive = std::pin::pin!(std::future::poll_fn(move |cx| {
-        while !closed {
-            match drivers_rx.poll_recv(cx) {
-                Poll::Ready(Some(d)) => drivers.push(d),
-                Poll::Ready(None) => closed = true,
-                Poll::Pending => break,
-            }
-        }
-        drivers.retain_mut(|d| d.as_mut().poll(cx).is_pending());
-        if closed && drivers.is_empty() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }));
-    let mut stopping = std::pin::pin!(async move {
-        let mut stop = stop;
+    let conn = http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let stopping = async move {
         let _ = stop.wait_for(|s| *s).await;
-    });
-    let mut shutting = false;
-    let mut driven = false;
-    let result = loop {
-        tokio::select! {
-            r = conn.as_mut() => break r,
-            () = drive.as_mut(), if !driven => driven = true,
-            () = stopping.as_mut(), if !shutting => {
-                // Finish the request in flight, then close.
-                shutting = true;
-                conn.as_mut().graceful_shutdown();
-            }
+    };
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stopping => {
+            // Finish the request in flight, then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
         }
     };
     if let Err(e) = result {
         tracing::debug!("http gateway connection: {e}");
-    }
-    // Let go of the upstream connection, and let it finish (an upgrade
-    // hands its socket over when its future ends; an idle one closes).
-    drop(conn);
-    if !driven {
-        let _ = tokio::time::timeout(Duration::from_secs(5), drive).await;
     }
 }
 

@@ -15,16 +15,13 @@
 //!    held until the response body ends, and upgrades are spliced.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -62,12 +59,7 @@ pub(crate) struct Shared {
     pub app: App,
     pub cfg: HttpGateway,
     pub base: String,
-    /// The upstream's pooled client: `whoami` calls, and [`Gateway::handle`]
-    /// when no connection of its own is given.
     pub client: Client<HttpConnector, ProxyBody>,
-    /// The upstream's `host:port`, to connect to (None: the URL has no
-    /// usable authority; requests go through `client`, which will say why).
-    pub authority: Option<(String, HeaderValue)>,
     pub appservices: HashMap<String, Target>,
     pub key: foldhash::quality::RandomState,
     /// Token hash → user (None: the upstream refused the token).
@@ -209,19 +201,12 @@ impl Gateway {
             .pool_max_idle_per_host(256)
             .build(connector);
         let tls = cfg.tls_cert.is_some();
-        let authority = base.parse::<Uri>().ok().and_then(|u| {
-            let host = u.host()?;
-            let port = u.port_u16().unwrap_or(80);
-            let host_header = HeaderValue::from_str(u.authority()?.as_str()).ok()?;
-            Some((format!("{host}:{port}"), host_header))
-        });
         Ok(Self {
             shared: Arc::new(Shared {
                 app,
                 cfg,
                 base,
                 client,
-                authority,
                 appservices,
                 key: foldhash::quality::RandomState::default(),
                 whoami: TtlCache::new(IDENTITY_CAPACITY, IDENTITY_TTL),
@@ -279,19 +264,8 @@ impl Gateway {
         respond::denied(self.protocol(), route.matrix, d)
     }
 
-    /// Handles one request from `peer`, forwarded through the pooled client.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
-        self.handle_on(req, peer, None).await
-    }
-
-    /// Handles one request from `peer`, forwarded on `upstream` (the
-    /// downstream connection's own upstream connection) when given.
-    pub(crate) async fn handle_on(
-        &self,
-        mut req: Request<Incoming>,
-        peer: SocketAddr,
-        upstream: Option<&Upstream>,
-    ) -> Response<ProxyBody> {
+    /// Handles one request from `peer`.
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let config = self.shared.app.config();
         let origin = forwarded::resolve(peer.ip(), req.headers(), &config.network.trusted_proxies);
         let upgrade = is_upgrade(req.headers());
@@ -426,16 +400,7 @@ impl Gateway {
         self.rewrite_forwarding(&mut parts.headers, &origin, peer.ip(), &config, host.as_deref());
         strip_hop_by_hop(&mut parts.headers, upgrade);
         let up_req = Request::from_parts(parts, up_body);
-        let sent = match (upstream, &self.shared.authority) {
-            (Some(up), Some(authority)) => up.send(authority, up_req).await,
-            _ => self
-                .shared
-                .client
-                .request(up_req)
-                .await
-                .map_err(body::BoxError::new),
-        };
-        let mut resp = match sent {
+        let mut resp = match self.shared.client.request(up_req).await {
             Ok(r) => r,
             Err(e) => {
                 if let Some(d) = verdict.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -788,93 +753,4 @@ fn merge(reports: &[Decision]) -> Option<Decision> {
     // Forwarded: the fields inform, no `Retry-After`.
     d.allowed = true;
     Some(d)
-}
-
-/// An upstream connection's future, driven by the downstream connection's
-/// task (see `connection` in the crate root).
-pub(crate) type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// Time to connect to the upstream.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// One downstream connection's upstream connection: HTTP/1, kept alive,
-/// requests sent on it one after the other (as the downstream sends them),
-/// opened again when the upstream closes it. Its connection future is
-/// polled by the downstream connection's own task, so a request and its
-/// answer never cross tasks or threads.
-pub(crate) struct Upstream {
-    sender: Mutex<Option<SendRequest<ProxyBody>>>,
-    drivers: tokio::sync::mpsc::UnboundedSender<Driver>,
-}
-
-impl Upstream {
-    /// An upstream side whose connection futures go to `drivers`.
-    pub(crate) fn new(drivers: tokio::sync::mpsc::UnboundedSender<Driver>) -> Self {
-        Self {
-            sender: Mutex::new(None),
-            drivers,
-        }
-    }
-
-    /// The open connection once it can take a request, if there is one.
-    async fn ready(&self) -> Option<SendRequest<ProxyBody>> {
-        let mut sender = self.sender.lock().unwrap_or_else(|p| p.into_inner()).take()?;
-        sender.ready().await.ok()?;
-        Some(sender)
-    }
-
-    async fn connect(&self, addr: &str) -> Result<SendRequest<ProxyBody>, body::BoxError> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| body::BoxError::new(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
-            .map_err(body::BoxError::new)?;
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(body::BoxError::new)?;
-        let driver: Driver = Box::pin(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!("http gateway upstream connection: {e}");
-            }
-        });
-        // The receiver lives as long as the downstream connection.
-        let _ = self.drivers.send(driver);
-        Ok(sender)
-    }
-
-    /// Sends `req` (absolute URI) on the connection, opening one if needed;
-    /// a request the connection closed before taking is sent again on a
-    /// new one.
-    async fn send(
-        &self,
-        (addr, host): &(String, HeaderValue),
-        mut req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, body::BoxError> {
-        // Origin form on the wire, as the pooled client sends it.
-        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        *req.uri_mut() = Uri::try_from(pq).map_err(body::BoxError::new)?;
-        req.headers_mut()
-            .entry(header::HOST)
-            .or_insert_with(|| host.clone());
-        let mut retried = false;
-        loop {
-            let mut sender = match self.ready().await {
-                Some(s) => s,
-                None => self.connect(addr).await?,
-            };
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    *self.sender.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
-                    return Ok(resp);
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(r) if !retried => {
-                        retried = true;
-                        req = r;
-                    }
-                    _ => return Err(body::BoxError::new(e.into_error())),
-                },
-            }
-        }
-    }
 }
