@@ -280,10 +280,10 @@ impl RedisStore {
             inner: Arc::new(Inner {
                 conn,
                 keys: Keys::new(&opts.key_prefix),
-                decide: Script::new(include_str!("lua/decide.lua")),
-                undo: Script::new(include_str!("lua/undo.lua")),
-                release: Script::new(include_str!("lua/release.lua")),
-                leases: Script::new(include_str!("lua/leases.lua")),
+                decide: script(include_str!("lua/decide.lua")),
+                undo: script(include_str!("lua/undo.lua")),
+                release: script(include_str!("lua/release.lua")),
+                leases: script(include_str!("lua/leases.lua")),
                 local: Local::new(opts.deny_cache, opts.local_admission, nanos_of(opts.local_hold)),
                 handle,
                 offset: AtomicU64::new(0),
@@ -835,4 +835,11 @@ mod tests {
             }
         }
     }
+}
+
+/// A script with the shared clock prelude (`lua/clock.lua`: Redis `TIME` or
+/// the pinned test clock, and exact nanosecond arithmetic) in front of it,
+/// so every script reads time the same way from one piece of code.
+fn script(body: &str) -> Script {
+    Script::new(&format!("{}\n{body}", include_str!("lua/clock.lua")))
 }
