@@ -96,6 +96,34 @@ fn span_of<T>(s: &Spanned<T>) -> Range<usize> {
 }
 
 /// Sorts named entries into document order (errors then come first-first).
+/// Each configured `[limits|concurrency.<side>.<scope>] action = …` entry
+/// replaces every limit of that side, scope, action and kind (`of_kind`)
+/// that the preset had, in the order the entries are written.
+fn replace_entries<V>(
+    limits: &mut Vec<Limit>,
+    raw: &Sides<Scopes<Named<V>>>,
+    of_kind: impl Fn(&LimitKind) -> bool,
+    entry: impl Fn(Side, bool, &Spanned<String>, &Spanned<V>) -> Result<Vec<Limit>>,
+) -> Result<()> {
+    for (side, scopes) in [(Side::Client, &raw.client), (Side::Federation, &raw.federation)] {
+        let Some(scopes) = scopes else { continue };
+        for (global, table) in [(false, &scopes.target), (true, &scopes.global)] {
+            let Some(table) = table else { continue };
+            for (action, spec) in in_order(table) {
+                let new = entry(side, global, action, spec)?;
+                limits.retain(|l| {
+                    !(l.side == side
+                        && *l.action == **action.get_ref()
+                        && of_kind(&l.kind)
+                        && matches!(l.scope, Scope::Global) == global)
+                });
+                limits.extend(new);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn in_order<V>(map: &Named<V>) -> Vec<(&Spanned<String>, &Spanned<V>)> {
     let mut v: Vec<_> = map.iter().collect();
     v.sort_by_key(|(k, _)| k.span().start);
@@ -515,23 +543,12 @@ impl Compiler<'_> {
     }
 
     fn apply_limits(&self, limits: &mut Vec<Limit>, raw: &Sides<Scopes<Named<Spec<RawRate>>>>) -> Result<()> {
-        for (side, scopes) in [(Side::Client, &raw.client), (Side::Federation, &raw.federation)] {
-            let Some(scopes) = scopes else { continue };
-            for (global, table) in [(false, &scopes.target), (true, &scopes.global)] {
-                let Some(table) = table else { continue };
-                for (action, spec) in in_order(table) {
-                    let new = self.rate_entry(side, global, action, spec)?;
-                    limits.retain(|l| {
-                        !(l.side == side
-                            && *l.action == **action.get_ref()
-                            && matches!(l.kind, LimitKind::Rate(_))
-                            && matches!(l.scope, Scope::Global) == global)
-                    });
-                    limits.extend(new);
-                }
-            }
-        }
-        Ok(())
+        replace_entries(
+            limits,
+            raw,
+            |k| matches!(k, LimitKind::Rate(_)),
+            |side, global, action, spec| self.rate_entry(side, global, action, spec),
+        )
     }
 
     fn concurrency_entry(
@@ -601,23 +618,12 @@ impl Compiler<'_> {
         limits: &mut Vec<Limit>,
         raw: &Sides<Scopes<Named<Spec<RawConcurrency>>>>,
     ) -> Result<()> {
-        for (side, scopes) in [(Side::Client, &raw.client), (Side::Federation, &raw.federation)] {
-            let Some(scopes) = scopes else { continue };
-            for (global, table) in [(false, &scopes.target), (true, &scopes.global)] {
-                let Some(table) = table else { continue };
-                for (action, spec) in in_order(table) {
-                    let new = self.concurrency_entry(side, global, action, spec)?;
-                    limits.retain(|l| {
-                        !(l.side == side
-                            && *l.action == **action.get_ref()
-                            && matches!(l.kind, LimitKind::Concurrency(_))
-                            && matches!(l.scope, Scope::Global) == global)
-                    });
-                    limits.extend(new);
-                }
-            }
-        }
-        Ok(())
+        replace_entries(
+            limits,
+            raw,
+            |k| matches!(k, LimitKind::Concurrency(_)),
+            |side, global, action, spec| self.concurrency_entry(side, global, action, spec),
+        )
     }
 
     fn byte_rate_or_off(&self, s: &Spanned<String>) -> Result<Option<Rate>> {
