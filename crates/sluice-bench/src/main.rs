@@ -39,6 +39,8 @@ USAGE: sluice-bench [OPTIONS]
   --flood N             fresh /64s in the flood (default 10000000)
   --flood-max-keys N    the flood store's max_keys (default 1000000)
   --seed N              seed of key orders and store keys
+  --headroom F          max_keys of the sluice stores as a multiple of the active keys
+                        (default 1.25: the table ~80% full)
   --contenders LIST     timing contenders: engine,admit,store,governor,raw (default: all;
                         for profiling one alone; ratios need raw)
 ";
@@ -56,6 +58,7 @@ struct Config {
     run_flood: bool,
     seed: u64,
     contenders: Vec<String>,
+    headroom: f64,
 }
 
 impl Config {
@@ -78,6 +81,7 @@ impl Config {
             contenders: ["engine", "admit", "store", "governor", "raw"]
                 .map(String::from)
                 .to_vec(),
+            headroom: 1.25,
         }
     }
 
@@ -126,6 +130,14 @@ impl Config {
                 "--mem-keys" => cfg.mem_keys = num(a, value()?, 1..=(1 << 24))?,
                 "--flood" => cfg.flood = num(a, value()?, 1..=u32::MAX)?,
                 "--flood-max-keys" => cfg.flood_max_keys = num(a, value()?, 1..=(1 << 28))?,
+                "--headroom" => {
+                    let v = value()?;
+                    cfg.headroom = v
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|f| (1.0..=16.0).contains(f))
+                        .ok_or_else(|| format!("--headroom: {v:?} is not a number from 1 to 16"))?;
+                }
                 "--seed" => cfg.seed = num(a, value()?, 0..=u64::MAX)?,
                 "--contenders" => {
                     let v = value()?;
@@ -246,7 +258,7 @@ fn speed(cfg: &Config, verdicts: &mut Vec<String>) {
         let clock = CoarseClock::new();
         let seq_len = (keys as usize * 4).next_power_of_two().clamp(1 << 16, 1 << 20);
         let seqs = Seqs::new(keys, max_threads, seq_len, cfg.seed);
-        let max_keys = keys as usize * 2;
+        let max_keys = (f64::from(keys) * cfg.headroom).ceil() as usize;
         let engine = EngineBench::new(max_keys, &clock, &seqs);
         let store = StoreBench::new(max_keys, &clock, &seqs, cfg.seed);
         let gov = GovernorBench::new(&seqs);
