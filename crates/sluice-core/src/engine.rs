@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use crate::gcra::{Gcra, Verdict};
 use crate::memory::MemoryStore;
 use crate::policy::{Effect, LimitKind, Matcher, Per, Policy, Scope, Side};
 use crate::rate::Rate;
-use crate::store::{Batch, Bucket, LeaseId, Outcome, Slot, Store, StoreError};
+use crate::store::{Batch, Bucket, KeyedBucket, KeyedResult, LeaseId, Outcome, Slot, Store, StoreError};
 use crate::target::{Target, TargetKind};
 use crate::time::{nanos, Clock, CoarseClock, Nanos};
 
@@ -301,6 +301,90 @@ impl Core {
     }
 }
 
+/// The limits of a decision as they are judged: each report goes straight
+/// into the decision being built (moving a decision costs a copy of its
+/// inline reports), and the tally keeps the limit with the longest wait.
+#[derive(Debug, Default)]
+struct Tally {
+    /// `(wait, limit, never)` of the enforced limit with the longest wait.
+    worst: Option<(Duration, &'static str, bool)>,
+}
+
+impl Tally {
+    /// Adds a limit's report to `d`; `ok` is whether it allowed, `retry`
+    /// its wait (`Duration::MAX`: never).
+    #[inline(always)]
+    fn push(&mut self, d: &mut Decision, mut report: LimitReport, ok: bool, retry: Duration) {
+        if !ok {
+            if report.shadow {
+                report.outcome = LimitOutcome::ShadowDenied;
+            } else {
+                report.outcome = LimitOutcome::Denied;
+                d.allowed = false;
+                if self.worst.is_none_or(|(w, _, _)| retry > w) {
+                    self.worst = Some((retry, report.name, retry == Duration::MAX));
+                }
+            }
+        }
+        d.limits.push(report);
+    }
+
+    /// Adds a rate bucket's result.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn bucket(
+        &mut self,
+        d: &mut Decision,
+        name: &'static str,
+        target: Target,
+        gcra: Gcra,
+        window: Option<Duration>,
+        shadow: bool,
+        r: crate::store::BucketResult,
+    ) {
+        let retry = r.retry_after.map_or(Duration::MAX, Duration::from_nanos);
+        let report = LimitReport {
+            name,
+            target,
+            limit: gcra.burst(),
+            window,
+            remaining: r.snapshot.remaining,
+            reset: Duration::from_nanos(r.snapshot.reset),
+            outcome: LimitOutcome::Allowed,
+            shadow,
+        };
+        self.push(d, report, r.allowed, retry);
+    }
+}
+
+/// What [`Engine::conclude`] needs to know about the request.
+struct Context<'p> {
+    policy: &'p Policy,
+    side: Side,
+    /// The action as the policy spells it (`None`: no limit applied).
+    action: Option<&'static str>,
+    now: Nanos,
+    dry_run: bool,
+}
+
+/// The largest decision the fast path plans on the stack.
+const FAST_BUCKETS: usize = 4;
+
+/// What the fast path made of a request.
+enum Fast {
+    /// Not for the fast path (exempt, banned, blocked, an override, more
+    /// than [`FAST_BUCKETS`] buckets, a store that needs full batches).
+    Slow,
+    /// Allowed with nothing more to report: no limit applied, or the
+    /// caller asked for the verdict only (the decision it passed, if any,
+    /// is still `allowed` with no reports when no limit applied).
+    Allowed,
+    /// The whole decision is in the one the caller passed.
+    Decided,
+    /// Denied (verdict-only callers): wait this long.
+    Denied(Duration),
+}
+
 /// A decision in the making: what to ask the store. See [`Engine::plan`].
 #[derive(Debug)]
 pub struct Plan {
@@ -404,6 +488,9 @@ struct Inner {
     bans: Bans,
     autoban: Mutex<AutobanState>,
     lease_seq: AtomicU64,
+    /// Whether the store takes [`Store::decide_keyed`]; cleared the first
+    /// time it answers `None`.
+    keyed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -470,6 +557,7 @@ impl Engine {
                 bans: Bans::new(),
                 autoban: Mutex::new(AutobanState::default()),
                 lease_seq: AtomicU64::new(1),
+                keyed: AtomicBool::new(true),
             }),
         }
     }
@@ -743,32 +831,19 @@ impl Engine {
         }
         let policy = &compiled.policy;
         let now = plan.now;
-        let mut limits: SmallVec<[LimitReport; 4]> = SmallVec::new();
-        let mut allowed = true;
-        let mut worst: Option<(Duration, &'static str, bool)> = None;
+        let mut d = Decision::early(true, Duration::ZERO, Reason::Allowed);
+        let mut tally = Tally::default();
         for e in &plan.entries {
             let l = &policy.limits()[e.limit];
-            let (ok, retry, report) = match e.place {
+            match e.place {
                 Place::Bucket(i) => {
                     let b = &plan.batch.buckets[i];
-                    let r = outcome.buckets.get(i).copied();
-                    let ok = r.is_none_or(|r| r.allowed);
-                    let snap = r.map(|r| r.snapshot).unwrap_or_else(|| b.gcra.snapshot(0, now));
-                    let retry = match r.and_then(|r| r.retry_after) {
-                        Some(n) => Duration::from_nanos(n),
-                        None => Duration::MAX,
-                    };
-                    let report = LimitReport {
-                        name: l.name,
-                        target: b.target.clone(),
-                        limit: b.gcra.burst(),
-                        window: e.window,
-                        remaining: snap.remaining,
-                        reset: Duration::from_nanos(snap.reset),
-                        outcome: LimitOutcome::Allowed,
-                        shadow: b.shadow,
-                    };
-                    (ok, retry, report)
+                    let r = outcome
+                        .buckets
+                        .get(i)
+                        .copied()
+                        .unwrap_or_else(|| KeyedResult::default().judge(b.gcra, now, 0));
+                    tally.bucket(&mut d, l.name, b.target.clone(), b.gcra, e.window, b.shadow, r);
                 }
                 Place::Slot(i) => {
                     let s = &plan.batch.slots[i];
@@ -786,63 +861,64 @@ impl Engine {
                         shadow: s.shadow,
                     };
                     // A full slot frees when someone releases: no time to promise.
-                    (ok, Duration::ZERO, report)
-                }
-            };
-            let mut report = report;
-            if !ok {
-                if report.shadow {
-                    report.outcome = LimitOutcome::ShadowDenied;
-                } else {
-                    report.outcome = LimitOutcome::Denied;
-                    allowed = false;
-                    let impossible = retry == Duration::MAX;
-                    if worst.as_ref().is_none_or(|(w, _, _)| retry > *w) {
-                        worst = Some((retry, l.name, impossible));
-                    }
+                    tally.push(&mut d, report, ok, Duration::ZERO);
                 }
             }
-            limits.push(report);
         }
-        if plan.batch.dry_run {
-            // A dry run's store answer is per bucket; nothing was committed.
-        } else if allowed && !outcome.committed && plan.needs_store() {
-            // The store refused as a whole (e.g. a race undone): treat as denied.
-            allowed = false;
-        }
-        let (retry_after, reason) = match worst {
+        // The store refused as a whole (e.g. a race undone): denied.
+        let refused = !plan.batch.dry_run && !outcome.committed && plan.needs_store();
+        let lease = match plan.batch.lease {
+            Some((id, expires)) if outcome.committed => Some(Lease { id, expires }),
+            _ => None,
+        };
+        let action = plan.entries.first().map(|e| policy.limits()[e.limit].action);
+        let ctx = Context {
+            policy,
+            side: plan.side,
+            action,
+            now,
+            dry_run: plan.batch.dry_run,
+        };
+        self.conclude(&ctx, &mut d, tally, refused, lease, || plan.targets.clone());
+        d
+    }
+
+    /// The end of every decision: the verdict, the reason, the lease and
+    /// automatic bans, from the tallied limits. `targets` is only called
+    /// when a denial may place a ban.
+    #[inline(always)]
+    fn conclude(
+        &self,
+        ctx: &Context<'_>,
+        d: &mut Decision,
+        tally: Tally,
+        refused: bool,
+        lease: Option<Lease>,
+        targets: impl FnOnce() -> SmallVec<[Target; 4]>,
+    ) {
+        d.allowed &= !refused;
+        (d.retry_after, d.reason) = match tally.worst {
             None => (Duration::ZERO, Reason::Allowed),
             Some((retry, name, true)) => (retry, Reason::TooLarge(name)),
             Some((retry, name, false)) => (retry, Reason::Limited(name)),
         };
-        let lease = match plan.batch.lease {
-            Some((id, expires)) if allowed && outcome.committed => Some(Lease { id, expires }),
-            _ => None,
-        };
-        let banned = match plan.entries.first() {
-            Some(e) if !allowed && !plan.batch.dry_run && !policy.autobans().is_empty() => {
-                let action = policy.limits()[e.limit].action;
+        d.lease = lease.filter(|_| d.allowed);
+        d.banned = match ctx.action {
+            Some(action) if !d.allowed && !ctx.dry_run && !ctx.policy.autobans().is_empty() => {
                 // Only denials by a limit that counts a target itself count
                 // towards that target's ban: a global limit running dry is
                 // not any one client's fault.
-                let culprits: SmallVec<[TargetKind; 4]> = limits
+                let culprits: SmallVec<[TargetKind; 4]> = d
+                    .limits
                     .iter()
                     .filter(|l| l.outcome == LimitOutcome::Denied && l.target != Target::Global)
                     .map(|l| l.target.kind())
                     .collect();
-                self.autoban(policy, plan.side, action, &plan.targets, &culprits, now)
+                self.autoban(ctx.policy, ctx.side, action, &targets(), &culprits, ctx.now)
                     .map(Box::new)
             }
             _ => None,
         };
-        Decision {
-            allowed,
-            retry_after,
-            reason,
-            limits,
-            lease,
-            banned,
-        }
     }
 
     fn autoban(
@@ -924,11 +1000,173 @@ impl Engine {
         placed
     }
 
+    /// The common decision without a [`Plan`]: rate limits only, nobody
+    /// exempt, banned, blocked or overridden, at most [`FAST_BUCKETS`]
+    /// buckets, a store that keys by hash. The buckets live on the stack
+    /// as [`KeyedBucket`]s and the targets are borrowed from the request,
+    /// so nothing is cloned or dropped on the allowed path; reports are
+    /// only built when asked for (`full`) or on a denial. Everything else
+    /// answers [`Fast::Slow`] before touching the store, and the general
+    /// path decides. Same semantics: `tests/model.rs` runs every random
+    /// history through an engine on each path and requires equal decisions.
+    #[inline(always)]
+    fn fast(
+        &self,
+        compiled: &Compiled,
+        req: &Request<'_>,
+        dry_run: bool,
+        full: Option<&mut Decision>,
+    ) -> Result<Fast, EngineError> {
+        let policy = &compiled.policy;
+        let Some(indexes) = policy.action_limits(req.side, req.action) else {
+            return Err(EngineError::UnknownAction {
+                side: req.side,
+                action: req.action.to_owned(),
+            });
+        };
+        if !self.inner.keyed.load(Ordering::Relaxed) {
+            return Ok(Fast::Slow);
+        }
+        let now = self.now();
+        let ip = req.targets.ip.map(|a| policy.normalizer().ip_target(a));
+        // In `plan_in`'s order: the first target of a kind is the one counted.
+        let targets = [
+            ip.as_ref(),
+            req.targets.user.as_ref(),
+            req.targets.server.as_ref(),
+            req.targets.appservice.as_ref(),
+        ];
+        let anonymous = req.targets.user.is_none() && req.targets.appservice.is_none();
+        let has_overrides = !policy.overrides().is_empty();
+        let cost = req.cost;
+        // Pushed, not pre-filled: an inline array of four would be
+        // initialised (copied) on every decision.
+        let mut buckets: SmallVec<[KeyedBucket; FAST_BUCKETS]> = SmallVec::new();
+        // Per bucket: the limit's index and its target's place in `targets`
+        // (`GLOBAL` for global limits).
+        const GLOBAL: usize = usize::MAX;
+        let mut meta: SmallVec<[(usize, usize); FAST_BUCKETS]> = SmallVec::new();
+        let mut hashes: [Option<u64>; 4] = [None; 4];
+        for &i in indexes {
+            let limit = &policy.limits()[i];
+            let Some(gcra) = compiled.gcras[i] else {
+                // A concurrency cap: checks do not take slots.
+                continue;
+            };
+            let kind = match limit.scope {
+                Scope::Global => None,
+                Scope::Target(Per::Kind(k)) => Some(k),
+                Scope::Target(Per::AnonymousIp) if anonymous => Some(TargetKind::Ip),
+                Scope::Target(Per::AnonymousIp) => continue,
+            };
+            let (place, th) = match kind {
+                None => (GLOBAL, self.inner.global_hash),
+                Some(k) => {
+                    let Some(p) = targets.iter().position(|t| t.is_some_and(|t| t.kind() == k)) else {
+                        continue;
+                    };
+                    let Some(t) = targets[p] else { continue };
+                    if has_overrides && policy.override_for(t, req.action).is_some() {
+                        return Ok(Fast::Slow);
+                    }
+                    (p, *hashes[p].get_or_insert_with(|| self.target_hash(t)))
+                }
+            };
+            if buckets.len() == FAST_BUCKETS {
+                return Ok(Fast::Slow);
+            }
+            let key = mix(compiled.name_hashes[i], th);
+            self.inner.store.prefetch(key);
+            buckets.push(KeyedBucket {
+                key,
+                gcra,
+                cost,
+                shadow: limit.shadow,
+            });
+            meta.push((i, place));
+        }
+        // Checked after the keys are known and their lines are on the way
+        // from memory: the miss overlaps with these checks.
+        let bans = self.inner.bans.is_empty();
+        for t in targets.into_iter().flatten() {
+            if policy.is_exempt(t)
+                || policy.blocked(t).is_some()
+                || (!bans && self.inner.bans.find(t, now).is_some())
+            {
+                return Ok(Fast::Slow);
+            }
+        }
+        if buckets.is_empty() {
+            return Ok(Fast::Allowed);
+        }
+        let mut results: SmallVec<[KeyedResult; FAST_BUCKETS]> =
+            smallvec::smallvec![KeyedResult::default(); buckets.len()];
+        let Some(committed) = self
+            .inner
+            .store
+            .decide_keyed(&buckets, dry_run, now, &mut results)
+        else {
+            self.inner.keyed.store(false, Ordering::Relaxed);
+            return Ok(Fast::Slow);
+        };
+        if committed && full.is_none() {
+            return Ok(Fast::Allowed);
+        }
+        let mut local = None;
+        let d = match full {
+            Some(d) => d,
+            None => local.insert(Decision::early(true, Duration::ZERO, Reason::Allowed)),
+        };
+        let mut tally = Tally::default();
+        for ((b, r), &(i, place)) in buckets.iter().zip(&results).zip(&meta) {
+            let l = &policy.limits()[i];
+            let target = match place {
+                GLOBAL => Target::Global,
+                p => targets[p].cloned().unwrap_or(Target::Global),
+            };
+            let window = match l.kind {
+                LimitKind::Rate(rate) => Some(rate.period()),
+                LimitKind::Concurrency(_) => None,
+            };
+            tally.bucket(
+                d,
+                l.name,
+                target,
+                b.gcra,
+                window,
+                b.shadow,
+                r.judge(b.gcra, now, cost),
+            );
+        }
+        let ctx = Context {
+            policy,
+            side: req.side,
+            action: Some(policy.limits()[meta[0].0].action),
+            now,
+            dry_run,
+        };
+        self.conclude(&ctx, d, tally, !dry_run && !committed, None, || {
+            targets.into_iter().flatten().cloned().collect()
+        });
+        Ok(match local {
+            Some(d) if !d.allowed => Fast::Denied(d.retry_after),
+            Some(_) => Fast::Allowed,
+            None => Fast::Decided,
+        })
+    }
+
     /// Plans, asks the store and finishes: one decision.
     pub fn decide(&self, req: &Request<'_>, mode: Mode) -> Result<Decision, EngineError> {
         // A borrowed guard, not an owned Arc: no shared reference count for
         // every thread to bump on every decision.
         let compiled = self.inner.compiled.load();
+        if let Mode::Check | Mode::DryRun = mode {
+            let mut d = Decision::early(true, Duration::ZERO, Reason::Allowed);
+            match self.fast(&compiled, req, mode == Mode::DryRun, Some(&mut d))? {
+                Fast::Slow => {}
+                Fast::Allowed | Fast::Decided | Fast::Denied(_) => return Ok(d),
+            }
+        }
         let mut core = Core::default();
         self.plan_in(&compiled, req, mode, &mut core)?;
         let outcome = if core.needs_store() {
@@ -945,6 +1183,21 @@ impl Engine {
     /// no [`LimitReport`]s are built on the allowed path.
     pub fn admit(&self, req: &Request<'_>) -> Result<Admission, EngineError> {
         let compiled = self.inner.compiled.load();
+        match self.fast(&compiled, req, false, None)? {
+            Fast::Allowed | Fast::Decided => {
+                return Ok(Admission {
+                    allowed: true,
+                    retry_after: Duration::ZERO,
+                })
+            }
+            Fast::Denied(retry_after) => {
+                return Ok(Admission {
+                    allowed: false,
+                    retry_after,
+                })
+            }
+            Fast::Slow => {}
+        }
         let mut core = Core::default();
         self.plan_in(&compiled, req, Mode::Check, &mut core)?;
         if let Some(d) = &core.early {

@@ -97,6 +97,13 @@ impl Gcra {
         }
     }
 
+    /// Whether more than half of the bucket is used at `now` (a division-free
+    /// test for the memory store's hot path).
+    #[inline]
+    pub fn half_used(&self, tat: Nanos, now: Nanos) -> bool {
+        tat.saturating_sub(now) > self.tau / 2
+    }
+
     /// The TAT before consuming `cost` units, given the TAT after: used to
     /// undo a consumption when a later bucket of the same decision denies.
     #[inline]

@@ -66,7 +66,10 @@ use std::sync::Mutex;
 use smallvec::SmallVec;
 
 use crate::gcra::{Gcra, Verdict};
-use crate::store::{Batch, Bucket, BucketResult, LeaseId, Outcome, Slot, SlotResult, Store, StoreError};
+use crate::store::{
+    Batch, Bucket, BucketResult, KeyedBucket, KeyedResult, LeaseId, Outcome, Slot, SlotResult, Store,
+    StoreError,
+};
 use crate::time::Nanos;
 
 const WAYS: usize = 4;
@@ -211,12 +214,6 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
-struct Applied {
-    result: BucketResult,
-    /// Where it was committed, for undo.
-    commit: Option<Commit>,
-}
-
 #[derive(Clone, Copy)]
 struct Commit {
     pos: (usize, usize),
@@ -255,17 +252,25 @@ impl MemoryStore {
 
     #[inline]
     fn line_indexes(&self, fp: u64) -> (usize, usize) {
-        let n = self.lines.len() as u128;
-        // A fingerprint's top bit is always clear (it is the heavy flag's
-        // place in the key word), and multiply-shift reduction reads the top
-        // bits: rotate so they are all random, or line A would only ever be
-        // in the first half of the table (a bug that once had the table
-        // evicting live keys at a third full).
-        let h = fp.rotate_left(1);
-        // Lemire's multiply-shift range reduction: no modulo, any table size.
-        let a = ((u128::from(h) * n) >> 64) as usize;
-        let b = ((u128::from(h.rotate_left(32) ^ 0x5851_F42D_4C95_7F2D) * n) >> 64) as usize;
-        (a, b)
+        (self.line_a(fp), self.line_b(fp))
+    }
+
+    /// A key's first line. A fingerprint's top bit is always clear (it is
+    /// the heavy flag's place in the key word), and multiply-shift
+    /// reduction reads the top bits: rotate so they are all random, or line
+    /// A would only ever be in the first half of the table (a bug that once
+    /// had the table evicting live keys at a third full). Lemire's
+    /// multiply-shift range reduction: no modulo, any table size.
+    #[inline]
+    fn line_a(&self, fp: u64) -> usize {
+        ((u128::from(fp.rotate_left(1)) * self.lines.len() as u128) >> 64) as usize
+    }
+
+    /// A key's second line: independent bits of the same fingerprint.
+    #[inline]
+    fn line_b(&self, fp: u64) -> usize {
+        let h = fp.rotate_left(33) ^ 0x5851_F42D_4C95_7F2D;
+        ((u128::from(h) * self.lines.len() as u128) >> 64) as usize
     }
 
     #[inline]
@@ -276,13 +281,16 @@ impl MemoryStore {
     /// Where `fp` lives, and its key word (with the heavy flag).
     #[inline]
     fn find(&self, fp: u64) -> Option<((usize, usize), u64)> {
-        let (a, b) = self.line_indexes(fp);
-        for line in [a, b] {
-            for (way, c) in self.lines[line].cells.iter().enumerate() {
-                let w = c.key.load(Ordering::Acquire);
-                if w & !HEAVY == fp {
-                    return Some(((line, way), w));
-                }
+        let a = self.line_a(fp);
+        self.find_in(a, fp).or_else(|| self.find_in(self.line_b(fp), fp))
+    }
+
+    #[inline]
+    fn find_in(&self, line: usize, fp: u64) -> Option<((usize, usize), u64)> {
+        for (way, c) in self.lines[line].cells.iter().enumerate() {
+            let w = c.key.load(Ordering::Acquire);
+            if w & !HEAVY == fp {
+                return Some(((line, way), w));
             }
         }
         None
@@ -370,16 +378,11 @@ impl MemoryStore {
         }
     }
 
-    /// Checks one bucket and, if `commit`, consumes from it when it allows.
-    fn apply(&self, b: &Bucket, now: Nanos, commit: bool) -> Applied {
+    /// Consumes from one bucket if it allows: where and what was committed,
+    /// or the TAT that denied it.
+    fn consume(&self, b: &KeyedBucket, now: Nanos) -> Result<Commit, Nanos> {
         let g = b.gcra;
         let fp = fingerprint(b.key);
-        if !commit {
-            return Applied {
-                result: result(g, self.read(fp, now), now, b.cost),
-                commit: None,
-            };
-        }
         loop {
             let (pos, word) = match self.find(fp) {
                 Some(found) => found,
@@ -388,10 +391,7 @@ impl MemoryStore {
                     // would pass: denied requests never evict anyone.
                     let est = self.sketch.estimate(fp, now);
                     if !matches!(g.check(est, now, b.cost), Verdict::Allow { .. }) {
-                        return Applied {
-                            result: result(g, est, now, b.cost),
-                            commit: None,
-                        };
+                        return Err(est);
                     }
                     self.claim(fp, now)
                 }
@@ -422,63 +422,68 @@ impl MemoryStore {
                 }
                 continue;
             }
-            return match outcome {
-                Some(new_tat) => {
-                    let after = g.snapshot(new_tat, now);
-                    // More than half the bucket used: this key's debt is
-                    // information, keep it through an eviction.
-                    if word & HEAVY == 0 && after.remaining.saturating_mul(2) < g.burst() {
-                        let _ =
-                            cell.key
-                                .compare_exchange(fp, fp | HEAVY, Ordering::AcqRel, Ordering::Relaxed);
-                    }
-                    Applied {
-                        result: BucketResult {
-                            allowed: true,
-                            retry_after: None,
-                            snapshot: after,
-                        },
-                        commit: Some(Commit {
-                            pos,
-                            before: cur,
-                            after: new_tat,
-                        }),
-                    }
-                }
-                None => Applied {
-                    result: result(g, cur, now, b.cost),
-                    commit: None,
-                },
+            let Some(new_tat) = outcome else {
+                return Err(cur);
             };
+            // More than half the bucket used: this key's debt is
+            // information, keep it through an eviction.
+            if word & HEAVY == 0 && g.half_used(new_tat, now) {
+                let _ = cell
+                    .key
+                    .compare_exchange(fp, fp | HEAVY, Ordering::AcqRel, Ordering::Relaxed);
+            }
+            return Ok(Commit {
+                pos,
+                before: cur,
+                after: new_tat,
+            });
         }
     }
 
-    fn decide_buckets(&self, batch: &Batch, now: Nanos) -> (SmallVec<[BucketResult; 4]>, bool) {
-        let commit = !batch.dry_run;
-        let mut results: SmallVec<[BucketResult; 4]> = SmallVec::with_capacity(batch.buckets.len());
-        // Where each enforced bucket was committed, for rollback; written
-        // only on the path that consumes.
+    /// The decision over rate buckets (see [`Store::decide_keyed`]).
+    fn decide_buckets(
+        &self,
+        buckets: &[KeyedBucket],
+        dry_run: bool,
+        now: Nanos,
+        results: &mut [KeyedResult],
+    ) -> bool {
+        debug_assert_eq!(buckets.len(), results.len());
+        let read = |b: &KeyedBucket| KeyedResult {
+            tat: self.read(fingerprint(b.key), now),
+            applied: false,
+        };
+        // Where each enforced bucket was committed, for rollback.
         let mut commits: SmallVec<[Option<Commit>; 4]> = SmallVec::new();
-        let mut denied = false;
+        let mut denied = dry_run;
         let mut any_shadow = false;
-        for b in &batch.buckets {
-            if b.shadow {
-                any_shadow = true;
-                results.push(result(b.gcra, self.read(fingerprint(b.key), now), now, b.cost));
+        for (b, r) in buckets.iter().zip(results.iter_mut()) {
+            if b.shadow || denied {
+                any_shadow |= b.shadow;
+                *r = read(b);
                 commits.push(None);
                 continue;
             }
-            let a = self.apply(b, now, commit && !denied);
-            denied |= !a.result.allowed;
-            results.push(a.result);
-            commits.push(a.commit);
+            match self.consume(b, now) {
+                Ok(c) => {
+                    *r = KeyedResult {
+                        tat: c.after,
+                        applied: true,
+                    };
+                    commits.push(Some(c));
+                }
+                Err(tat) => {
+                    *r = KeyedResult { tat, applied: false };
+                    denied = true;
+                    commits.push(None);
+                }
+            }
         }
-        if !commit {
-            return (results, false);
+        if dry_run {
+            return false;
         }
         if denied {
-            let mut any_undone = false;
-            for (b, c) in batch.buckets.iter().zip(&commits) {
+            for ((b, c), r) in buckets.iter().zip(&commits).zip(results.iter_mut()) {
                 if let Some(c) = c {
                     let cell = self.cell(c.pos);
                     // Undo only if the cell still holds this key: if it was
@@ -487,27 +492,40 @@ impl MemoryStore {
                     if cell.key.load(Ordering::Acquire) & !HEAVY == fingerprint(b.key) {
                         undo(cell, b.gcra, c.before, c.after, b.cost);
                     }
-                    any_undone = true;
+                    // Report it as it now stands.
+                    *r = read(b);
                 }
             }
-            if any_undone {
-                // Report every bucket as it now stands.
-                for (b, r) in batch.buckets.iter().zip(results.iter_mut()) {
-                    if r.allowed {
-                        *r = result(b.gcra, self.read(fingerprint(b.key), now), now, b.cost);
-                    }
-                }
-            }
-            return (results, false);
+            return false;
         }
         if any_shadow {
-            for (b, r) in batch.buckets.iter().zip(results.iter_mut()) {
+            for (b, r) in buckets.iter().zip(results.iter_mut()) {
                 if b.shadow {
-                    *r = self.apply(b, now, true).result;
+                    *r = match self.consume(b, now) {
+                        Ok(c) => KeyedResult {
+                            tat: c.after,
+                            applied: true,
+                        },
+                        Err(tat) => KeyedResult { tat, applied: false },
+                    };
                 }
             }
         }
-        (results, true)
+        true
+    }
+
+    /// [`Store::decide`]'s bucket step: the keyed decision, reported per bucket.
+    fn decide_batch(&self, batch: &Batch, now: Nanos) -> (SmallVec<[BucketResult; 4]>, bool) {
+        let keyed: SmallVec<[KeyedBucket; 4]> = batch.buckets.iter().map(Bucket::keyed).collect();
+        let mut results: SmallVec<[KeyedResult; 4]> =
+            smallvec::smallvec![KeyedResult::default(); keyed.len()];
+        let committed = self.decide_buckets(&keyed, batch.dry_run, now, &mut results);
+        let reports = keyed
+            .iter()
+            .zip(&results)
+            .map(|(b, r)| r.judge(b.gcra, now, b.cost))
+            .collect();
+        (reports, committed)
     }
 }
 
@@ -535,32 +553,10 @@ fn fingerprint(key: u64) -> u64 {
     }
 }
 
-#[inline]
-fn result(g: Gcra, tat: Nanos, now: Nanos, cost: u64) -> BucketResult {
-    let snapshot = g.snapshot(tat, now);
-    match g.check(tat, now, cost) {
-        Verdict::Allow { .. } => BucketResult {
-            allowed: true,
-            retry_after: None,
-            snapshot,
-        },
-        Verdict::Deny { retry_after } => BucketResult {
-            allowed: false,
-            retry_after: Some(retry_after),
-            snapshot,
-        },
-        Verdict::Impossible => BucketResult {
-            allowed: false,
-            retry_after: None,
-            snapshot,
-        },
-    }
-}
-
 impl Store for MemoryStore {
     fn decide(&self, batch: &Batch, now: Nanos) -> Result<Outcome, StoreError> {
         if batch.slots.is_empty() && batch.lease.is_none() {
-            let (buckets, committed) = self.decide_buckets(batch, now);
+            let (buckets, committed) = self.decide_batch(batch, now);
             return Ok(Outcome {
                 buckets,
                 slots: SmallVec::new(),
@@ -592,14 +588,14 @@ impl Store for MemoryStore {
             ..Batch::default()
         };
         let (buckets, committed) = if slots_ok {
-            self.decide_buckets(batch, now)
+            self.decide_batch(batch, now)
         } else {
             // Denied by a slot: evaluate buckets without consuming.
             let probe = Batch {
                 buckets: batch.buckets.clone(),
                 ..dry
             };
-            (self.decide_buckets(&probe, now).0, false)
+            (self.decide_batch(&probe, now).0, false)
         };
         if committed {
             let mut keys = Vec::with_capacity(batch.slots.len());
@@ -655,8 +651,19 @@ impl Store for MemoryStore {
         // and carries on out of order, so the cache miss overlaps with the
         // engine's remaining planning (a real prefetch instruction would need
         // `unsafe`, which this workspace forbids).
-        let (a, _) = self.line_indexes(fingerprint(key));
+        let a = self.line_a(fingerprint(key));
         std::hint::black_box(self.lines[a].cells[0].key.load(Ordering::Relaxed));
+    }
+
+    #[inline]
+    fn decide_keyed(
+        &self,
+        buckets: &[KeyedBucket],
+        dry_run: bool,
+        now: Nanos,
+        results: &mut [KeyedResult],
+    ) -> Option<bool> {
+        Some(self.decide_buckets(buckets, dry_run, now, results))
     }
 
     fn active_leases(&self, now: Nanos) -> u64 {

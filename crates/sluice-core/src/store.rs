@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::gcra::{Gcra, Snapshot};
+use crate::gcra::{Gcra, Snapshot, Verdict};
 use crate::target::Target;
 use crate::time::Nanos;
 
@@ -33,6 +33,78 @@ pub struct Bucket {
     /// Shadow buckets are evaluated and consumed when they allow, but never
     /// deny the request.
     pub shadow: bool,
+}
+
+impl Bucket {
+    /// The bucket as a store that keys by hash alone sees it.
+    #[inline]
+    pub fn keyed(&self) -> KeyedBucket {
+        KeyedBucket {
+            key: self.key,
+            gcra: self.gcra,
+            cost: self.cost,
+            shadow: self.shadow,
+        }
+    }
+}
+
+/// A rate bucket known by its key alone: all a store that keys by hash (the
+/// memory store) needs. 40 bytes and `Copy`, so the engine's fast path
+/// builds a decision's buckets on the stack instead of a [`Batch`] of
+/// [`Bucket`]s that carry names and targets for remote stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyedBucket {
+    /// Keyed hash of (limit name, target).
+    pub key: u64,
+    /// Rate parameters (after overrides).
+    pub gcra: Gcra,
+    /// Units to take.
+    pub cost: u64,
+    /// Evaluated and consumed when it allows, never denies.
+    pub shadow: bool,
+}
+
+/// One keyed bucket after [`Store::decide_keyed`]: its TAT, and whether
+/// this decision's consumption is in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyedResult {
+    /// The bucket's TAT after the decision (or as it was read).
+    pub tat: Nanos,
+    /// Whether this decision consumed from it (committed).
+    pub applied: bool,
+}
+
+impl KeyedResult {
+    /// The bucket's result as [`Store::decide`] reports it: a consumed
+    /// bucket allowed, any other judged as it now stands.
+    #[inline]
+    pub fn judge(self, gcra: Gcra, now: Nanos, cost: u64) -> BucketResult {
+        let snapshot = gcra.snapshot(self.tat, now);
+        if self.applied {
+            return BucketResult {
+                allowed: true,
+                retry_after: None,
+                snapshot,
+            };
+        }
+        match gcra.check(self.tat, now, cost) {
+            Verdict::Allow { .. } => BucketResult {
+                allowed: true,
+                retry_after: None,
+                snapshot,
+            },
+            Verdict::Deny { retry_after } => BucketResult {
+                allowed: false,
+                retry_after: Some(retry_after),
+                snapshot,
+            },
+            Verdict::Impossible => BucketResult {
+                allowed: false,
+                retry_after: None,
+                snapshot,
+            },
+        }
+    }
 }
 
 /// One concurrency slot of a decision.
@@ -154,6 +226,24 @@ pub trait Store: Send + Sync + 'static {
     /// of the planning; remote stores ignore it.
     #[inline]
     fn prefetch(&self, _key: u64) {}
+
+    /// The fast path for stores that key by hash alone: decides rate
+    /// buckets only (no slots, no lease) with [`Store::decide`]'s
+    /// all-or-nothing semantics, writes each bucket's [`KeyedResult`] to
+    /// `results` (same length as `buckets`) and answers whether it
+    /// committed. `None` (the default): this store needs limit names and
+    /// targets (Redis builds its keys from them); the engine then plans a
+    /// full [`Batch`] and calls [`Store::decide`].
+    #[inline]
+    fn decide_keyed(
+        &self,
+        _buckets: &[KeyedBucket],
+        _dry_run: bool,
+        _now: Nanos,
+        _results: &mut [KeyedResult],
+    ) -> Option<bool> {
+        None
+    }
 }
 
 impl<S: Store + ?Sized> Store for Arc<S> {
@@ -177,5 +267,14 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn prefetch(&self, key: u64) {
         (**self).prefetch(key)
+    }
+    fn decide_keyed(
+        &self,
+        buckets: &[KeyedBucket],
+        dry_run: bool,
+        now: Nanos,
+        results: &mut [KeyedResult],
+    ) -> Option<bool> {
+        (**self).decide_keyed(buckets, dry_run, now, results)
     }
 }

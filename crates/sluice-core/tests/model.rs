@@ -22,9 +22,11 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
+use sluice_core::store::{self, Batch, LeaseId, Outcome, Slot};
 use sluice_core::{
     Clock, Decision, Effect, Engine, FakeClock, Limit, LimitKind, LimitOutcome, LimitReport, Matcher,
-    MemoryStore, Override, Per, Policy, Rate, Reason, Request, Scope, Side, Target, TargetKind,
+    MemoryStore, Nanos, Override, Per, Policy, Rate, Reason, Request, Scope, Side, Store, StoreError, Target,
+    TargetKind,
 };
 
 const S: u64 = 1_000_000_000;
@@ -608,11 +610,42 @@ fn request(r: &Req) -> Request<'static> {
     q.cost(r.cost)
 }
 
+/// The memory store without its keyed fast path: an engine over it plans
+/// full batches, so running both engines side by side checks that the
+/// engine's fast path and its general path decide exactly alike.
+struct FullBatches(MemoryStore);
+
+impl Store for FullBatches {
+    fn decide(&self, batch: &Batch, now: Nanos) -> Result<Outcome, StoreError> {
+        self.0.decide(batch, now)
+    }
+    fn release(&self, lease: LeaseId, now: Nanos) -> Result<bool, StoreError> {
+        self.0.release(lease, now)
+    }
+    fn peek(&self, bucket: &store::Bucket, now: Nanos) -> Result<Nanos, StoreError> {
+        self.0.peek(bucket, now)
+    }
+    fn held(&self, slot: &Slot, now: Nanos) -> Result<u32, StoreError> {
+        self.0.held(slot, now)
+    }
+    fn tracked_keys(&self, now: Nanos) -> u64 {
+        self.0.tracked_keys(now)
+    }
+    fn active_leases(&self, now: Nanos) -> u64 {
+        self.0.active_leases(now)
+    }
+}
+
 fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let clock = FakeClock::new();
     let engine = Engine::new(
         build_policy(),
         Arc::new(MemoryStore::new(1 << 12)),
+        Arc::new(clock.clone()),
+    );
+    let general = Engine::new(
+        build_policy(),
+        Arc::new(FullBatches(MemoryStore::new(1 << 12))),
         Arc::new(clock.clone()),
     );
     let mut model = Model {
@@ -624,12 +657,10 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
             Op::Check(r) | Op::DryRun(r) => {
                 let dry = matches!(op, Op::DryRun(_));
                 let req = request(r);
-                let d = if dry {
-                    engine.dry_run(&req)
-                } else {
-                    engine.check(&req)
-                }
-                .unwrap();
+                let decide = |e: &Engine| if dry { e.dry_run(&req) } else { e.check(&req) };
+                let d = decide(&engine).unwrap();
+                let g = decide(&general).unwrap();
+                prop_assert_eq!(&d, &g, "step {}: fast and general paths differ on {:?}", step, op);
                 prop_assert!(d.lease.is_none() && d.banned.is_none());
                 let want = model.decide(r, dry);
                 prop_assert_eq!(got(&d), want, "step {}: {:?}", step, op);
@@ -640,11 +671,13 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
             }
             Op::Ban(i, dur) => {
                 let ban = engine.ban(t(BANS[*i].0), dur.map(Duration::from_nanos), "model");
+                general.ban(t(BANS[*i].0), dur.map(Duration::from_nanos), "model");
                 prop_assert_eq!(ban.target, t(BANS[*i].0));
                 model.bans.insert(*i, dur.map(|d| model.now + d));
             }
             Op::Unban(i) => {
                 let lifted = engine.unban(&t(BANS[*i].0));
+                general.unban(&t(BANS[*i].0));
                 match model.bans.remove(i) {
                     None => prop_assert!(lifted.is_none(), "step {}: unban of nothing", step),
                     Some(exp) if exp.is_none_or(|e| e > model.now) => {
@@ -664,7 +697,10 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     spelled
                 );
             }
-            Op::Reload => engine.reload(build_policy()),
+            Op::Reload => {
+                engine.reload(build_policy());
+                general.reload(build_policy());
+            }
         }
     }
     Ok(())
