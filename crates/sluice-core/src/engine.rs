@@ -476,6 +476,31 @@ struct Compiled {
     /// Each rate limit's GCRA parameters, computed once (a division saved
     /// per bucket per decision).
     gcras: Vec<Option<Gcra>>,
+    /// Per action and side, its rate limits as the fast path reads them:
+    /// contiguous, everything precomputed. `None`: the general path
+    /// decides (more than [`FAST_BUCKETS`] rate limits, or the action is
+    /// unknown on that side — the general path reports that).
+    routes: HashMap<&'static str, [Route; 2], foldhash::fast::RandomState>,
+}
+
+/// An action's rate limits on one side (see [`Compiled::routes`]).
+type Route = Option<Box<[FastLimit]>>;
+
+/// One rate limit of a route (see [`Compiled::routes`]).
+#[derive(Debug, Clone, Copy)]
+struct FastLimit {
+    /// The limit's key seed.
+    name_hash: u64,
+    gcra: Gcra,
+    /// The limit's period, for reports.
+    window: Duration,
+    /// Index into the policy's limits.
+    index: usize,
+    /// Whom it counts (`None`: everyone, a global limit).
+    per: Option<TargetKind>,
+    /// Only requests with no user and no appservice (`anonymous_ip`).
+    anonymous_only: bool,
+    shadow: bool,
 }
 
 struct Inner {
@@ -572,7 +597,7 @@ impl Engine {
     }
 
     fn compile(hasher: &foldhash::quality::RandomState, policy: Policy) -> Compiled {
-        let name_hashes = policy
+        let name_hashes: Vec<u64> = policy
             .limits()
             .iter()
             .map(|l| Policy::name_hash(hasher, l.name))
@@ -585,10 +610,44 @@ impl Engine {
                 LimitKind::Concurrency(_) => None,
             })
             .collect();
+        let mut routes: HashMap<&'static str, [Route; 2], _> = HashMap::default();
+        for (side, action, _) in policy.actions() {
+            let action = crate::policy::intern(&action);
+            let route: Route = policy
+                .action_limits(side, action)
+                .map(|ix| {
+                    ix.iter()
+                        .filter_map(|&i| {
+                            let l = &policy.limits()[i];
+                            let LimitKind::Rate(rate) = l.kind else {
+                                // Checks take no concurrency slots.
+                                return None;
+                            };
+                            let (per, anonymous_only) = match l.scope {
+                                Scope::Global => (None, false),
+                                Scope::Target(Per::Kind(k)) => (Some(k), false),
+                                Scope::Target(Per::AnonymousIp) => (Some(TargetKind::Ip), true),
+                            };
+                            Some(FastLimit {
+                                name_hash: name_hashes[i],
+                                gcra: rate.gcra(),
+                                window: rate.period(),
+                                index: i,
+                                per,
+                                anonymous_only,
+                                shadow: l.shadow,
+                            })
+                        })
+                        .collect::<Box<[FastLimit]>>()
+                })
+                .filter(|r| r.len() <= FAST_BUCKETS);
+            routes.entry(action).or_insert_with(|| [None, None])[side as usize] = route;
+        }
         Compiled {
             policy,
             name_hashes,
             gcras,
+            routes,
         }
     }
 
@@ -1018,72 +1077,62 @@ impl Engine {
         full: Option<&mut Decision>,
     ) -> Result<Fast, EngineError> {
         let policy = &compiled.policy;
-        let Some(indexes) = policy.action_limits(req.side, req.action) else {
-            return Err(EngineError::UnknownAction {
-                side: req.side,
-                action: req.action.to_owned(),
-            });
+        let Some(route) = compiled
+            .routes
+            .get(req.action)
+            .and_then(|r| r[req.side as usize].as_deref())
+        else {
+            return Ok(Fast::Slow);
         };
         if !self.inner.keyed.load(Ordering::Relaxed) {
             return Ok(Fast::Slow);
         }
         let now = self.now();
         let ip = req.targets.ip.map(|a| policy.normalizer().ip_target(a));
-        // In `plan_in`'s order: the first target of a kind is the one counted.
         let targets = [
             ip.as_ref(),
             req.targets.user.as_ref(),
             req.targets.server.as_ref(),
             req.targets.appservice.as_ref(),
         ];
+        // As in `plan_in`: the first target of a kind is the one counted.
+        let mut by_kind: [Option<&Target>; 5] = [None; 5];
+        for t in targets.into_iter().flatten() {
+            by_kind[t.kind() as usize].get_or_insert(t);
+        }
         let anonymous = req.targets.user.is_none() && req.targets.appservice.is_none();
         let has_overrides = !policy.overrides().is_empty();
         let cost = req.cost;
         // Pushed, not pre-filled: an inline array of four would be
         // initialised (copied) on every decision.
         let mut buckets: SmallVec<[KeyedBucket; FAST_BUCKETS]> = SmallVec::new();
-        // Per bucket: the limit's index and its target's place in `targets`
-        // (`GLOBAL` for global limits).
-        const GLOBAL: usize = usize::MAX;
-        let mut meta: SmallVec<[(usize, usize); FAST_BUCKETS]> = SmallVec::new();
-        let mut hashes: [Option<u64>; 4] = [None; 4];
-        for &i in indexes {
-            let limit = &policy.limits()[i];
-            let Some(gcra) = compiled.gcras[i] else {
-                // A concurrency cap: checks do not take slots.
-                continue;
-            };
-            let kind = match limit.scope {
-                Scope::Global => None,
-                Scope::Target(Per::Kind(k)) => Some(k),
-                Scope::Target(Per::AnonymousIp) if anonymous => Some(TargetKind::Ip),
-                Scope::Target(Per::AnonymousIp) => continue,
-            };
-            let (place, th) = match kind {
-                None => (GLOBAL, self.inner.global_hash),
+        // Per bucket: its route entry and the kind of its target (`None`:
+        // global).
+        let mut meta: [(usize, Option<TargetKind>); FAST_BUCKETS] = [(0, None); FAST_BUCKETS];
+        let mut hashes: [Option<u64>; 5] = [None; 5];
+        for (r, fl) in route.iter().enumerate() {
+            let th = match fl.per {
+                None => self.inner.global_hash,
                 Some(k) => {
-                    let Some(p) = targets.iter().position(|t| t.is_some_and(|t| t.kind() == k)) else {
+                    if fl.anonymous_only && !anonymous {
                         continue;
-                    };
-                    let Some(t) = targets[p] else { continue };
+                    }
+                    let Some(t) = by_kind[k as usize] else { continue };
                     if has_overrides && policy.override_for(t, req.action).is_some() {
                         return Ok(Fast::Slow);
                     }
-                    (p, *hashes[p].get_or_insert_with(|| self.target_hash(t)))
+                    *hashes[k as usize].get_or_insert_with(|| self.target_hash(t))
                 }
             };
-            if buckets.len() == FAST_BUCKETS {
-                return Ok(Fast::Slow);
-            }
-            let key = mix(compiled.name_hashes[i], th);
+            let key = mix(fl.name_hash, th);
             self.inner.store.prefetch(key);
+            meta[buckets.len()] = (r, fl.per);
             buckets.push(KeyedBucket {
                 key,
-                gcra,
+                gcra: fl.gcra,
                 cost,
-                shadow: limit.shadow,
+                shadow: fl.shadow,
             });
-            meta.push((i, place));
         }
         // Checked after the keys are known and their lines are on the way
         // from memory: the miss overlaps with these checks.
@@ -1118,22 +1167,19 @@ impl Engine {
             None => local.insert(Decision::early(true, Duration::ZERO, Reason::Allowed)),
         };
         let mut tally = Tally::default();
-        for ((b, r), &(i, place)) in buckets.iter().zip(&results).zip(&meta) {
-            let l = &policy.limits()[i];
-            let target = match place {
-                GLOBAL => Target::Global,
-                p => targets[p].cloned().unwrap_or(Target::Global),
+        for ((b, r), &(ri, per)) in buckets.iter().zip(&results).zip(&meta) {
+            let fl = &route[ri];
+            let target = match per {
+                None => Target::Global,
+                Some(k) => by_kind[k as usize].cloned().unwrap_or(Target::Global),
             };
-            let window = match l.kind {
-                LimitKind::Rate(rate) => Some(rate.period()),
-                LimitKind::Concurrency(_) => None,
-            };
+            let name = policy.limits()[fl.index].name;
             tally.bucket(
                 d,
-                l.name,
+                name,
                 target,
                 b.gcra,
-                window,
+                Some(fl.window),
                 b.shadow,
                 r.judge(b.gcra, now, cost),
             );
@@ -1141,7 +1187,7 @@ impl Engine {
         let ctx = Context {
             policy,
             side: req.side,
-            action: Some(policy.limits()[meta[0].0].action),
+            action: Some(policy.limits()[route[meta[0].0].index].action),
             now,
             dry_run,
         };

@@ -647,12 +647,12 @@ impl Store for MemoryStore {
 
     #[inline]
     fn prefetch(&self, key: u64) {
-        // A load whose value is only passed to `black_box`: the CPU issues it
-        // and carries on out of order, so the cache miss overlaps with the
-        // engine's remaining planning (a real prefetch instruction would need
-        // `unsafe`, which this workspace forbids).
+        // A prefetch instruction, not a load: it is not ordered with the
+        // locked instructions that follow (an earlier bucket's CAS), and
+        // nothing waits for it. `mem_prefetch` wraps the intrinsic, which
+        // this workspace cannot call itself (`unsafe` is forbidden).
         let a = self.line_a(fingerprint(key));
-        std::hint::black_box(self.lines[a].cells[0].key.load(Ordering::Relaxed));
+        mem_prefetch::prefetch_read_data::<_, 3>(&self.lines[a]);
     }
 
     #[inline]
