@@ -151,6 +151,45 @@ impl<'a> EngineBench<'a> {
         let req = Request::client(ACTION).ip(ip);
         self.engine.check(&req).is_ok_and(|d| d.allowed)
     }
+
+    /// One decision for key `i` (to populate the store).
+    pub fn touch(&self, i: u32) {
+        self.check(ip_of(i));
+    }
+}
+
+/// `n` bans on addresses no contender's key uses (`192.168.0.0/16` and up),
+/// half single addresses and half /24 networks, as an attack leaves them.
+pub fn ban_others(engine: &Engine, n: u32) {
+    for i in 0..n {
+        let base = 0xC0A8_0000u32.wrapping_add(i << 8);
+        let target = if i % 2 == 0 {
+            Target::Ip(ipnet::IpNet::V4(
+                ipnet::Ipv4Net::new(Ipv4Addr::from(base | 7), 32).expect("a /32 is valid"),
+            ))
+        } else {
+            Target::Ip(ipnet::IpNet::V4(
+                ipnet::Ipv4Net::new(Ipv4Addr::from(base), 24).expect("a /24 is valid"),
+            ))
+        };
+        engine.ban(target, None, "bench");
+    }
+}
+
+/// The same decision as [`EngineBench`] on an engine holding bans that do
+/// not match: the cost of looking bans up on every decision.
+pub struct BansBench<'a, 'b>(pub &'b EngineBench<'a>);
+
+impl Contender for BansBench<'_, '_> {
+    fn name(&self) -> &'static str {
+        "sluice Engine::check, 10k bans"
+    }
+    fn run(&self, t: usize, start: usize, ops: usize) -> u64 {
+        let seq = &self.0.seqs.ips[t];
+        (0..ops)
+            .map(|j| u64::from(self.0.check(at(seq, start + j))))
+            .sum()
+    }
 }
 
 impl Contender for EngineBench<'_> {

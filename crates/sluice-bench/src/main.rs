@@ -41,10 +41,13 @@ USAGE: sluice-bench [OPTIONS]
   --seed N              seed of key orders and store keys
   --headroom F          max_keys of the sluice stores as a multiple of the active keys
                         (default 1.25: the table ~80% full)
-  --contenders LIST     timing contenders: engine,admit,store,governor,raw (default: all;
+  --contenders LIST     timing contenders: engine,admit,bans,store,governor,raw (default: all;
                         for profiling one alone; ratios need raw)
 ";
 
+/// Bans in force for the `bans` contender: none of them matches a request,
+/// so it measures what a populated ban list costs every decision.
+const BANS: u32 = 10_000;
 #[derive(Debug, Clone)]
 struct Config {
     keys: Vec<u32>,
@@ -78,7 +81,7 @@ impl Config {
             memory: true,
             run_flood: true,
             seed: 0x5EED_51CE,
-            contenders: ["engine", "admit", "store", "governor", "raw"]
+            contenders: ["engine", "admit", "bans", "store", "governor", "raw"]
                 .map(String::from)
                 .to_vec(),
             headroom: 1.25,
@@ -142,11 +145,9 @@ impl Config {
                 "--contenders" => {
                     let v = value()?;
                     cfg.contenders = v.split(',').map(|p| p.trim().to_owned()).collect();
-                    if let Some(bad) = cfg
-                        .contenders
-                        .iter()
-                        .find(|p| !["engine", "admit", "store", "governor", "raw"].contains(&p.as_str()))
-                    {
+                    if let Some(bad) = cfg.contenders.iter().find(|p| {
+                        !["engine", "admit", "bans", "store", "governor", "raw"].contains(&p.as_str())
+                    }) {
                         return Err(format!("--contenders: unknown contender {bad:?}"));
                     }
                 }
@@ -265,8 +266,13 @@ fn speed(cfg: &Config, verdicts: &mut Vec<String>) {
         let raw = RawBench::new(keys, &clock, &seqs);
         contenders::populate(keys, &engine, &store, &gov, &raw, cfg.seed);
         let admit = contenders::AdmitBench(&engine);
-        let all: [(&str, &dyn Contender); 5] = [
+        let banned = EngineBench::new(max_keys, &clock, &seqs);
+        contenders::ban_others(&banned.engine, BANS);
+        (0..keys).for_each(|i| banned.touch(i));
+        let bans = contenders::BansBench(&banned);
+        let all: [(&str, &dyn Contender); 6] = [
             ("engine", &engine),
+            ("bans", &bans),
             ("admit", &admit),
             ("store", &store),
             ("governor", &gov),
@@ -288,7 +294,8 @@ fn speed(cfg: &Config, verdicts: &mut Vec<String>) {
             for m in &ms {
                 print_row(keys, m, raw_ns);
             }
-            if keys == largest && ms.len() == 5 {
+            let core = [engine.name(), admit.name(), store.name(), gov.name(), raw.name()];
+            if keys == largest && core.iter().all(|n| ms.iter().any(|m| m.name == *n)) {
                 let (e, a, s, g) = (
                     by(engine.name()),
                     by(admit.name()),
