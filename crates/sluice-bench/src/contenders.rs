@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
-use sluice_core::store::{Batch, Bucket};
+use sluice_core::store::{Batch, Bucket, KeyedBucket, KeyedResult};
 use sluice_core::{
     Clock, CoarseClock, Engine, Limit, LimitKind, MemoryStore, Per, Policy, Rate, Request, Scope, Side,
     Store, Target, TargetKind,
@@ -221,7 +221,8 @@ impl Contender for AdmitBench<'_, '_> {
     }
 }
 
-/// sluice's store alone: `MemoryStore::decide` on a pre-built two-bucket batch.
+/// sluice's store alone: `MemoryStore::decide_keyed` (the memory store's
+/// path for the engine's common decision) on two pre-built buckets.
 pub struct StoreBench<'a> {
     /// The store.
     pub store: MemoryStore,
@@ -262,23 +263,28 @@ impl<'a> StoreBench<'a> {
         }
     }
 
-    fn decide(&self, batch: &mut Batch, key: u64) -> bool {
-        batch.buckets[0].key = key;
+    fn decide(&self, buckets: &mut [KeyedBucket; 2], key: u64) -> bool {
+        buckets[0].key = key;
+        let mut results = [KeyedResult::default(); 2];
         self.store
-            .decide(batch, self.clock.now())
-            .is_ok_and(|o| o.committed)
+            .decide_keyed(buckets, false, self.clock.now(), &mut results)
+            .unwrap_or(false)
+    }
+
+    fn buckets(&self) -> [KeyedBucket; 2] {
+        [self.batch.buckets[0].keyed(), self.batch.buckets[1].keyed()]
     }
 }
 
 impl Contender for StoreBench<'_> {
     fn name(&self) -> &'static str {
-        "sluice MemoryStore::decide"
+        "sluice MemoryStore::decide_keyed"
     }
     fn run(&self, t: usize, start: usize, ops: usize) -> u64 {
         let seq = &self.seqs.hashes[t];
-        let mut batch = self.batch.clone();
+        let mut buckets = self.buckets();
         (0..ops)
-            .map(|j| u64::from(self.decide(&mut batch, at(seq, start + j))))
+            .map(|j| u64::from(self.decide(&mut buckets, at(seq, start + j))))
             .sum()
     }
 }
@@ -406,10 +412,10 @@ pub fn populate(
     raw: &RawBench<'_>,
     seed: u64,
 ) {
-    let mut batch = store.batch.clone();
+    let mut buckets = store.buckets();
     for i in 0..keys {
         engine.check(ip_of(i));
-        store.decide(&mut batch, store_key(seed, i));
+        store.decide(&mut buckets, store_key(seed, i));
         gov.check(&ip_of(i));
         raw.check(i);
     }

@@ -40,7 +40,7 @@ USAGE: sluice-bench [OPTIONS]
   --flood-max-keys N    the flood store's max_keys (default 1000000)
   --seed N              seed of key orders and store keys
   --headroom F          max_keys of the sluice stores as a multiple of the active keys
-                        (default 1.25: the table ~80% full)
+                        (default 2: the table half full)
   --contenders LIST     timing contenders: engine,admit,bans,store,governor,raw (default: all;
                         for profiling one alone; ratios need raw)
 ";
@@ -84,7 +84,7 @@ impl Config {
             contenders: ["engine", "admit", "bans", "store", "governor", "raw"]
                 .map(String::from)
                 .to_vec(),
-            headroom: 1.25,
+            headroom: 2.0,
         }
     }
 
