@@ -1125,7 +1125,13 @@ impl Engine {
                 }
             };
             let key = mix(fl.name_hash, th);
-            self.inner.store.prefetch(key);
+            // Not a global bucket's line: every decision touches it, so it
+            // is cached already, or another core holds it modified — and a
+            // read prefetch would fetch it shared, to be upgraded again by
+            // the CAS (two coherence transfers instead of one).
+            if fl.per.is_some() {
+                self.inner.store.prefetch(key);
+            }
             meta[buckets.len()] = (r, fl.per);
             buckets.push(KeyedBucket {
                 key,
