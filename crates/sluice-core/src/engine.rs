@@ -1103,9 +1103,15 @@ impl Engine {
         let anonymous = req.targets.user.is_none() && req.targets.appservice.is_none();
         let has_overrides = !policy.overrides().is_empty();
         let cost = req.cost;
-        // Pushed, not pre-filled: an inline array of four would be
-        // initialised (copied) on every decision.
-        let mut buckets: SmallVec<[KeyedBucket; FAST_BUCKETS]> = SmallVec::new();
+        // Plain arrays: a `SmallVec`'s spill checks on every access cost
+        // more than filling four entries.
+        let mut buckets = [KeyedBucket {
+            key: 0,
+            gcra: Gcra::new(1, 1),
+            cost,
+            shadow: false,
+        }; FAST_BUCKETS];
+        let mut n = 0;
         // Per bucket: its route entry and the kind of its target (`None`:
         // global).
         let mut meta: [(usize, Option<TargetKind>); FAST_BUCKETS] = [(0, None); FAST_BUCKETS];
@@ -1132,14 +1138,19 @@ impl Engine {
             if fl.per.is_some() {
                 self.inner.store.prefetch(key);
             }
-            meta[buckets.len()] = (r, fl.per);
-            buckets.push(KeyedBucket {
+            let Some(slot) = buckets.get_mut(n) else {
+                return Ok(Fast::Slow);
+            };
+            *slot = KeyedBucket {
                 key,
                 gcra: fl.gcra,
                 cost,
                 shadow: fl.shadow,
-            });
+            };
+            meta[n] = (r, fl.per);
+            n += 1;
         }
+        let buckets = &buckets[..n];
         // Checked after the keys are known and their lines are on the way
         // from memory: the miss overlaps with these checks.
         let bans = self.inner.bans.is_empty();
@@ -1154,13 +1165,9 @@ impl Engine {
         if buckets.is_empty() {
             return Ok(Fast::Allowed);
         }
-        let mut results: SmallVec<[KeyedResult; FAST_BUCKETS]> =
-            smallvec::smallvec![KeyedResult::default(); buckets.len()];
-        let Some(committed) = self
-            .inner
-            .store
-            .decide_keyed(&buckets, dry_run, now, &mut results)
-        else {
+        let mut results = [KeyedResult::default(); FAST_BUCKETS];
+        let results = &mut results[..n];
+        let Some(committed) = self.inner.store.decide_keyed(buckets, dry_run, now, results) else {
             self.inner.keyed.store(false, Ordering::Relaxed);
             return Ok(Fast::Slow);
         };
@@ -1173,7 +1180,7 @@ impl Engine {
             None => local.insert(Decision::early(true, Duration::ZERO, Reason::Allowed)),
         };
         let mut tally = Tally::default();
-        for ((b, r), &(ri, per)) in buckets.iter().zip(&results).zip(&meta) {
+        for ((b, r), &(ri, per)) in buckets.iter().zip(results.iter()).zip(&meta) {
             let fl = &route[ri];
             let target = match per {
                 None => Target::Global,

@@ -449,33 +449,51 @@ impl MemoryStore {
         results: &mut [KeyedResult],
     ) -> bool {
         debug_assert_eq!(buckets.len(), results.len());
+        // Where each enforced bucket was committed, for rollback: on the
+        // stack for the usual few buckets (a `SmallVec`'s checks on every
+        // access were measured), on the heap beyond.
+        let mut few = [None; 4];
+        let mut many;
+        let commits: &mut [Option<Commit>] = if buckets.len() <= few.len() {
+            &mut few[..buckets.len()]
+        } else {
+            many = vec![None; buckets.len()];
+            &mut many
+        };
+        self.commit_buckets(buckets, dry_run, now, results, commits)
+    }
+
+    fn commit_buckets(
+        &self,
+        buckets: &[KeyedBucket],
+        dry_run: bool,
+        now: Nanos,
+        results: &mut [KeyedResult],
+        commits: &mut [Option<Commit>],
+    ) -> bool {
         let read = |b: &KeyedBucket| KeyedResult {
             tat: self.read(fingerprint(b.key), now),
             applied: false,
         };
-        // Where each enforced bucket was committed, for rollback.
-        let mut commits: SmallVec<[Option<Commit>; 4]> = SmallVec::new();
         let mut denied = dry_run;
         let mut any_shadow = false;
-        for (b, r) in buckets.iter().zip(results.iter_mut()) {
+        for ((b, r), c) in buckets.iter().zip(results.iter_mut()).zip(commits.iter_mut()) {
             if b.shadow || denied {
                 any_shadow |= b.shadow;
                 *r = read(b);
-                commits.push(None);
                 continue;
             }
             match self.consume(b, now) {
-                Ok(c) => {
+                Ok(done) => {
                     *r = KeyedResult {
-                        tat: c.after,
+                        tat: done.after,
                         applied: true,
                     };
-                    commits.push(Some(c));
+                    *c = Some(done);
                 }
                 Err(tat) => {
                     *r = KeyedResult { tat, applied: false };
                     denied = true;
-                    commits.push(None);
                 }
             }
         }
@@ -483,7 +501,7 @@ impl MemoryStore {
             return false;
         }
         if denied {
-            for ((b, c), r) in buckets.iter().zip(&commits).zip(results.iter_mut()) {
+            for ((b, c), r) in buckets.iter().zip(commits.iter()).zip(results.iter_mut()) {
                 if let Some(c) = c {
                     let cell = self.cell(c.pos);
                     // Undo only if the cell still holds this key: if it was
