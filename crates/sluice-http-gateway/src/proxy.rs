@@ -59,7 +59,6 @@ pub(crate) struct Shared {
     pub app: App,
     pub cfg: HttpGateway,
     pub base: String,
-    pub client: Client<HttpConnector, ProxyBody>,
     pub appservices: HashMap<String, Target>,
     pub key: foldhash::quality::RandomState,
     /// Token hash → user (None: the upstream refused the token).
@@ -71,10 +70,17 @@ pub(crate) struct Shared {
     pub tls: bool,
 }
 
-/// One HTTP gateway: cheap to clone.
+type Upstream = Client<HttpConnector, ProxyBody>;
+
+/// One HTTP gateway: cheap to clone. The state (caches, counters, long-poll
+/// slots) is shared by every clone; the upstream client (its connection
+/// pool) is shared by clones, but each worker makes its own with
+/// [`Gateway::for_worker`], so a worker's requests never wait on another
+/// worker's runtime.
 #[derive(Clone)]
 pub struct Gateway {
     pub(crate) shared: Arc<Shared>,
+    client: Upstream,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -169,6 +175,18 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
+/// A pooled HTTP/1 client for the upstream. Its connection tasks are
+/// spawned on the runtime that first uses it.
+fn upstream_client() -> Upstream {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
 impl Gateway {
     /// A gateway for `cfg`, deciding with `app`'s engine. Reads the
     /// appservice token files.
@@ -193,20 +211,13 @@ impl Gateway {
                 .map_err(|e| GatewayError::File(a.token_file.clone(), std::io::Error::other(e)))?;
             appservices.insert(token, target);
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         let tls = cfg.tls_cert.is_some();
         Ok(Self {
+            client: upstream_client(),
             shared: Arc::new(Shared {
                 app,
                 cfg,
                 base,
-                client,
                 appservices,
                 key: foldhash::quality::RandomState::default(),
                 whoami: TtlCache::new(IDENTITY_CAPACITY, IDENTITY_TTL),
@@ -216,6 +227,16 @@ impl Gateway {
                 tls,
             }),
         })
+    }
+
+    /// The same gateway with its own upstream client (connection pool), for
+    /// one worker: the pool's connection tasks then run on that worker's
+    /// runtime, next to the requests that use them.
+    pub(crate) fn for_worker(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            client: upstream_client(),
+        }
     }
 
     fn engine(&self) -> &Engine {
@@ -400,7 +421,7 @@ impl Gateway {
         self.rewrite_forwarding(&mut parts.headers, &origin, peer.ip(), &config, host.as_deref());
         strip_hop_by_hop(&mut parts.headers, upgrade);
         let up_req = Request::from_parts(parts, up_body);
-        let mut resp = match self.shared.client.request(up_req).await {
+        let mut resp = match self.client.request(up_req).await {
             Ok(r) => r,
             Err(e) => {
                 if let Some(d) = verdict.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -700,7 +721,7 @@ impl Gateway {
             .header(header::AUTHORIZATION, auth)
             .body(body::empty())
             .map_err(|_| ())?;
-        let resp = tokio::time::timeout(Duration::from_secs(5), self.shared.client.request(req))
+        let resp = tokio::time::timeout(Duration::from_secs(5), self.client.request(req))
             .await
             .map_err(|_| ())?
             .map_err(|_| ())?;
