@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     pub app: App,
     pub cfg: HttpGateway,
     pub base: String,
+    /// The base's scheme and authority when it has no path.
+    pub origin: Option<(hyper::http::uri::Scheme, hyper::http::uri::Authority)>,
     pub appservices: HashMap<String, Target>,
     pub key: foldhash::quality::RandomState,
     /// Token hash → user (None: the upstream refused the token).
@@ -131,32 +133,43 @@ fn synthetic_denial(name: &'static str, retry: Duration) -> Decision {
     }
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
+// Header names as constants: removing by `&str` parses the name each time.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        if !(keep_upgrade && n == header::UPGRADE) {
-            h.remove(n);
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            if !(keep_upgrade && n == header::UPGRADE) {
+                h.remove(n);
+            }
         }
     }
-    for n in HOP_BY_HOP {
-        if keep_upgrade && (n == "connection" || n == "upgrade") {
+    for n in &HOP_BY_HOP {
+        if keep_upgrade && (n == header::CONNECTION || n == header::UPGRADE) {
             continue;
         }
         h.remove(n);
@@ -212,12 +225,21 @@ impl Gateway {
             appservices.insert(token, target);
         }
         let tls = cfg.tls_cert.is_some();
+        let origin = base.parse::<Uri>().ok().and_then(|u| {
+            let bare = u.path_and_query().is_none_or(|p| p.as_str() == "/");
+            let parts = u.into_parts();
+            match (parts.scheme, parts.authority) {
+                (Some(s), Some(a)) if bare => Some((s, a)),
+                _ => None,
+            }
+        });
         Ok(Self {
             client: upstream_client(),
             shared: Arc::new(Shared {
                 app,
                 cfg,
                 base,
+                origin,
                 appservices,
                 key: foldhash::quality::RandomState::default(),
                 whoami: TtlCache::new(IDENTITY_CAPACITY, IDENTITY_TTL),
@@ -401,10 +423,9 @@ impl Gateway {
             Vec::new(),
         )
         .boxed();
-        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri: Uri = match format!("{}{pq}", self.shared.base).parse() {
-            Ok(u) => u,
-            Err(_) => {
+        let uri = match self.upstream_uri(&parts.uri) {
+            Some(u) => u,
+            None => {
                 return respond::upstream_error(
                     self.protocol(),
                     StatusCode::BAD_REQUEST,
@@ -530,6 +551,22 @@ impl Gateway {
         Response::from_parts(parts, out_body)
     }
 
+    /// The upstream's URI for a request's target: the base's scheme and
+    /// authority, the request's path and query.
+    fn upstream_uri(&self, target: &Uri) -> Option<Uri> {
+        let pq = target.path_and_query().map_or("/", |p| p.as_str());
+        match &self.shared.origin {
+            // The base is a bare origin: no text to format and parse again.
+            Some((scheme, authority)) => Uri::builder()
+                .scheme(scheme.clone())
+                .authority(authority.clone())
+                .path_and_query(pq)
+                .build()
+                .ok(),
+            None => format!("{}{pq}", self.shared.base).parse().ok(),
+        }
+    }
+
     /// A charger for the route's byte action: each call checks `n` bytes.
     fn charger(&self, who: &Who, route: &Route) -> Charger {
         let gw = self.clone();
@@ -584,26 +621,40 @@ impl Gateway {
         host: Option<&str>,
     ) {
         let trusted_peer = config.network.trusted_proxies.iter().any(|n| n.contains(&peer));
-        let proto = if self.shared.tls { "https" } else { "http" };
-        let proto = match h.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) {
-            Some(p) if trusted_peer && (p == "https" || p == "http") => p.to_owned(),
-            _ => proto.to_owned(),
+        let ours = if self.shared.tls { "https" } else { "http" };
+        let proto = match h.get(X_FORWARDED_PROTO).and_then(|v| v.to_str().ok()) {
+            Some("https") if trusted_peer => "https",
+            Some("http") if trusted_peer => "http",
+            _ => ours,
         };
-        h.remove("forwarded");
-        h.remove("x-forwarded-for");
-        h.remove("x-real-ip");
+        h.remove(FORWARDED);
         if !trusted_peer {
-            h.remove("x-forwarded-host");
+            h.remove(X_FORWARDED_HOST);
         }
-        let pairs = [
-            ("x-forwarded-for", origin.x_forwarded_for()),
-            ("forwarded", origin.forwarded(&proto, host)),
-            ("x-real-ip", origin.client.to_string()),
-            ("x-forwarded-proto", proto.clone()),
-        ];
-        for (k, v) in pairs {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                h.insert(k, v);
+        let xff = origin.x_forwarded_for();
+        // A direct client's chain is its address alone: one value for both.
+        let real_ip = if origin.chain.as_slice() == [origin.client] {
+            HeaderValue::from_str(&xff).ok()
+        } else {
+            HeaderValue::from_str(&origin.client.to_string()).ok()
+        };
+        for (k, v) in [
+            (X_FORWARDED_FOR, HeaderValue::from_str(&xff).ok()),
+            (
+                FORWARDED,
+                HeaderValue::from_str(&origin.forwarded(proto, host)).ok(),
+            ),
+            (X_REAL_IP, real_ip),
+            (X_FORWARDED_PROTO, Some(HeaderValue::from_static(proto))),
+        ] {
+            // `insert` replaces every value a client sent.
+            match v {
+                Some(v) => {
+                    h.insert(k, v);
+                }
+                None => {
+                    h.remove(k);
+                }
             }
         }
     }
