@@ -44,6 +44,7 @@ pub mod respond;
 pub mod route;
 #[cfg(feature = "tls")]
 mod tls;
+mod upstream;
 mod worker;
 
 use std::convert::Infallible;

@@ -23,6 +23,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -36,6 +37,7 @@ use crate::forwarded::{self, Origin};
 use crate::identity::{self, Credential, TtlCache};
 use crate::respond;
 use crate::route::{self, Charge, Cost, Route};
+use crate::upstream::{Lent, Upstream};
 use crate::GatewayError;
 
 /// How long a confirmed identity is remembered.
@@ -72,7 +74,7 @@ pub(crate) struct Shared {
     pub tls: bool,
 }
 
-type Upstream = Client<HttpConnector, ProxyBody>;
+type Pooled = Client<HttpConnector, ProxyBody>;
 
 /// One HTTP gateway: cheap to clone. The state (caches, counters, long-poll
 /// slots) is shared by every clone; the upstream client (its connection
@@ -82,7 +84,11 @@ type Upstream = Client<HttpConnector, ProxyBody>;
 #[derive(Clone)]
 pub struct Gateway {
     pub(crate) shared: Arc<Shared>,
-    client: Upstream,
+    /// This worker's connections to the upstream, when its base is a bare
+    /// origin ([`crate::upstream`]).
+    own: Option<Upstream>,
+    /// hyper-util's pooled client, for a base with a path.
+    client: Pooled,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -120,6 +126,14 @@ impl Drop for LongPoll {
             }
         }
     }
+}
+
+/// Why a request could not be sent upstream.
+enum SendError {
+    /// Its target cannot be joined to the upstream's base.
+    Target,
+    /// The upstream could not be reached or failed.
+    Upstream(body::BoxError),
 }
 
 fn synthetic_denial(name: &'static str, retry: Duration) -> Decision {
@@ -190,7 +204,7 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 
 /// A pooled HTTP/1 client for the upstream. Its connection tasks are
 /// spawned on the runtime that first uses it.
-fn upstream_client() -> Upstream {
+fn upstream_client() -> Pooled {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -233,7 +247,18 @@ impl Gateway {
                 _ => None,
             }
         });
+        let own = match &origin {
+            Some((scheme, authority)) if scheme.as_str() == "http" => Uri::builder()
+                .scheme(scheme.clone())
+                .authority(authority.clone())
+                .path_and_query("/")
+                .build()
+                .ok()
+                .and_then(|u| Upstream::new(&u)),
+            _ => None,
+        };
         Ok(Self {
+            own,
             client: upstream_client(),
             shared: Arc::new(Shared {
                 app,
@@ -257,6 +282,7 @@ impl Gateway {
     pub(crate) fn for_worker(&self) -> Self {
         Self {
             shared: self.shared.clone(),
+            own: self.own.as_ref().map(Upstream::fresh),
             client: upstream_client(),
         }
     }
@@ -423,17 +449,6 @@ impl Gateway {
             Vec::new(),
         )
         .boxed();
-        let uri = match self.upstream_uri(&parts.uri) {
-            Some(u) => u,
-            None => {
-                return respond::upstream_error(
-                    self.protocol(),
-                    StatusCode::BAD_REQUEST,
-                    "unusable request target",
-                )
-            }
-        };
-        parts.uri = uri;
         let host = parts
             .headers
             .get(header::HOST)
@@ -442,9 +457,22 @@ impl Gateway {
         self.rewrite_forwarding(&mut parts.headers, &origin, peer.ip(), &config, host.as_deref());
         strip_hop_by_hop(&mut parts.headers, upgrade);
         let up_req = Request::from_parts(parts, up_body);
-        let mut resp = match self.client.request(up_req).await {
-            Ok(r) => r,
-            Err(e) => {
+        let mut resp = match self.send(up_req).await {
+            Ok((r, lent)) => {
+                // Back to the worker's stack once the answer has been sent.
+                if let Some(lent) = lent {
+                    held.push(Box::new(lent));
+                }
+                r
+            }
+            Err(SendError::Target) => {
+                return respond::upstream_error(
+                    self.protocol(),
+                    StatusCode::BAD_REQUEST,
+                    "unusable request target",
+                )
+            }
+            Err(SendError::Upstream(e)) => {
                 if let Some(d) = verdict.lock().unwrap_or_else(|p| p.into_inner()).take() {
                     return self.deny(&route, &d);
                 }
@@ -549,6 +577,36 @@ impl Gateway {
         }
         let out_body = Metered::new(out_body, None, verdict, held).boxed();
         Response::from_parts(parts, out_body)
+    }
+
+    /// Sends `req` (as the client sent its target) to the upstream: on this
+    /// worker's own connections, or through the pooled client.
+    async fn send(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Option<Lent>), SendError> {
+        match &self.own {
+            Some(own) => {
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                *req.uri_mut() = Uri::from(pq);
+                own.send(req)
+                    .await
+                    .map(|(r, l)| (r, Some(l)))
+                    .map_err(SendError::Upstream)
+            }
+            None => {
+                *req.uri_mut() = self.upstream_uri(req.uri()).ok_or(SendError::Target)?;
+                self.client
+                    .request(req)
+                    .await
+                    .map(|r| (r, None))
+                    .map_err(|e| SendError::Upstream(body::BoxError::new(e)))
+            }
+        }
     }
 
     /// The upstream's URI for a request's target: the base's scheme and
@@ -762,9 +820,8 @@ impl Gateway {
     /// Asks the upstream who a token belongs to: `Ok(None)` if it refuses it.
     async fn whoami(&self, token: &str) -> Result<Option<Target>, ()> {
         self.shared.counters.whoami.fetch_add(1, Ordering::Relaxed);
-        let uri: Uri = format!("{}/_matrix/client/v3/account/whoami", self.shared.base)
-            .parse()
-            .map_err(|_| ())?;
+        // The target alone: `send` joins it to the base.
+        let uri = Uri::from_static("/_matrix/client/v3/account/whoami");
         let auth = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ())?;
         let req = Request::builder()
             .method(Method::GET)
@@ -772,7 +829,7 @@ impl Gateway {
             .header(header::AUTHORIZATION, auth)
             .body(body::empty())
             .map_err(|_| ())?;
-        let resp = tokio::time::timeout(Duration::from_secs(5), self.client.request(req))
+        let (resp, _lent) = tokio::time::timeout(Duration::from_secs(5), self.send(req))
             .await
             .map_err(|_| ())?
             .map_err(|_| ())?;

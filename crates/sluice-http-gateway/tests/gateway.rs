@@ -872,3 +872,70 @@ async fn workers_serve_and_share_one_limit() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+/// An upstream that closes every connection after one answer (or drops idle
+/// ones): each request still gets through, on a new connection when the
+/// kept one has gone.
+#[tokio::test]
+async fn upstream_closing_its_connections_is_reopened() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = up.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = up.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                // No `Connection: close`: the gateway learns only from the
+                // socket closing.
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+                    )
+                    .await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let state = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\nstate_dir = \"{}\"\n{TRUSTING}\n[[gateway.http]]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{up_addr}\"\nprotocol = \"matrix\"\nworkers = 1\n",
+        state.path().display()
+    );
+    let config = sluice_config::parse(&text, "test.toml").unwrap();
+    let app = sluice_server::App::new(config).unwrap();
+    let gw = sluice_http_gateway::start(&app).await.unwrap()[0];
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
+    for i in 0..5 {
+        let resp = client
+            .get(
+                format!("http://{gw}/_matrix/client/v3/capabilities")
+                    .parse()
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        use http_body_util::BodyExt as _;
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"{}");
+        // Let the upstream's close reach the gateway for some requests,
+        // not for others (those find the kept connection closed or closing).
+        if i % 2 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 5);
+}
