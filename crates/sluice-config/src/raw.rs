@@ -260,6 +260,7 @@ pub(crate) struct RawHttp {
     #[serde(default)]
     pub rule: Vec<S<RawRule>>,
     pub long_polls_per_account: Option<S<i64>>,
+    pub workers: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -279,6 +279,10 @@ pub struct HttpGateway {
     /// Simultaneous long polls (Matrix `/sync`, JMAP push) per account,
     /// counted apart from the account's other requests (default 8).
     pub long_polls_per_account: u32,
+    /// Threads serving this gateway's connections, each with its own
+    /// single-threaded runtime and upstream connections; `None`: one per
+    /// core.
+    pub workers: Option<u16>,
 }
 
 /// How an HTTP gateway turns an access token into a user target.

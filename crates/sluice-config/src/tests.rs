@@ -1053,9 +1053,10 @@ fn http_gateway_options() {
     let g = &c.gateway.http[0];
     assert_eq!(g.user_identity, UserIdentity::Whoami);
     assert_eq!(g.long_polls_per_account, 8);
+    assert_eq!(g.workers, None);
     assert!(g.rules.is_empty() && g.appservices.is_empty() && g.tls_cert.is_none());
     let c = ok(&format!(
-        "{base}protocol = \"generic\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nuser_identity = \"token_hash\"\nlong_polls_per_account = 2\n\
+        "{base}protocol = \"generic\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nuser_identity = \"token_hash\"\nlong_polls_per_account = 2\nworkers = 3\n\
          [[gateway.http.appservice]]\nid = \"irc\"\ntoken_file = \"irc.token\"\n\
          [[gateway.http.rule]]\nmethod = \"POST\"\npath = \"/upload/*\"\naction = \"media_create\"\nbytes = true\n\
          [[gateway.http.rule]]\npath = \"/fed\"\nside = \"federation\"\naction = \"transaction\"\n"
@@ -1063,6 +1064,7 @@ fn http_gateway_options() {
     let g = &c.gateway.http[0];
     assert_eq!(g.user_identity, UserIdentity::TokenHash);
     assert_eq!(g.long_polls_per_account, 2);
+    assert_eq!(g.workers, Some(3));
     assert_eq!(g.appservices[0].id, "irc");
     assert_eq!(g.tls_key.as_deref(), Some(std::path::Path::new("k.pem")));
     assert_eq!(
@@ -1087,6 +1089,7 @@ fn http_gateway_options() {
         "unknown variant `guess`",
     );
     err_at(&m("long_polls_per_account = 0\n"), 5, 26, "between 1 and 1024");
+    err_at(&m("workers = 0\n"), 5, 11, "between 1 and 256");
     err_at(
         &m("[[gateway.http.rule]]\npath = \"/x\"\naction = \"teleport\"\n"),
         7,

@@ -225,12 +225,13 @@ impl Origin {
     /// client leftmost (where Synapse and most servers look) and the peer
     /// rightmost, as `$proxy_add_x_forwarded_for` would have it.
     pub fn x_forwarded_for(&self) -> String {
-        let mut s = String::new();
+        use std::fmt::Write as _;
+        let mut s = String::with_capacity(16 * self.chain.len());
         for (i, a) in self.chain.iter().enumerate() {
             if i > 0 {
                 s.push_str(", ");
             }
-            s.push_str(&a.to_string());
+            let _ = write!(s, "{a}");
         }
         s
     }
@@ -238,15 +239,20 @@ impl Origin {
     /// The RFC 7239 `Forwarded` value sent upstream: one element per
     /// verified hop, `proto` on the last (ours).
     pub fn forwarded(&self, proto: &str, host: Option<&str>) -> String {
-        let mut s = String::new();
+        use std::fmt::Write as _;
+        let mut s = String::with_capacity(48 * self.chain.len());
         let n = self.chain.len();
         for (i, a) in self.chain.iter().enumerate() {
             if i > 0 {
                 s.push_str(", ");
             }
             match a {
-                IpAddr::V4(v4) => s.push_str(&format!("for={v4}")),
-                IpAddr::V6(v6) => s.push_str(&format!("for=\"[{v6}]\"")),
+                IpAddr::V4(v4) => {
+                    let _ = write!(s, "for={v4}");
+                }
+                IpAddr::V6(v6) => {
+                    let _ = write!(s, "for=\"[{v6}]\"");
+                }
             }
             if i + 1 == n {
                 s.push_str(";proto=");

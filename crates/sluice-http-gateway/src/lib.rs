@@ -14,7 +14,9 @@
 //! address), [`route`] (endpoint → action tables), [`identity`] (token,
 //! appservice, `X-Matrix` origin, Basic), then [`Gateway::handle`] (limits,
 //! forwarding, watching the answer) with [`body`] (streaming byte meters) and
-//! [`respond`] (protocol-native errors). See `docs/gateway-http.md`.
+//! [`respond`] (protocol-native errors). Connections run on worker threads,
+//! each a single-threaded runtime with its own upstream connections
+//! (`worker`, `upstream`). See `docs/gateway-http.md`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,6 +46,8 @@ pub mod respond;
 pub mod route;
 #[cfg(feature = "tls")]
 mod tls;
+mod upstream;
+mod worker;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -83,6 +87,14 @@ pub enum GatewayError {
     /// This build has no TLS (the `tls` feature is off).
     #[error("gateway.http {0}: TLS configured but this build has no TLS support")]
     NoTls(SocketAddr),
+    /// A worker thread or its runtime could not be started.
+    #[error("gateway.http {addr}: cannot start a worker: {source}")]
+    Worker {
+        /// The gateway's listen address.
+        addr: SocketAddr,
+        /// What the system said.
+        source: std::io::Error,
+    },
     /// An `https://` upstream (not supported yet: put the upstream on
     /// loopback over plain HTTP).
     #[error("upstream {0}: https upstreams are not supported yet; use http:// on a private address")]
@@ -94,9 +106,9 @@ const DRAIN: Duration = Duration::from_secs(30);
 /// Time a client has for the TLS handshake.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
-/// Binds every `[[gateway.http]]` of `app`'s config and runs each with
-/// [`App::spawn`], so `sluice_server::serve` drains them at shutdown.
-/// Returns the bound addresses (port 0 resolved).
+/// Binds every `[[gateway.http]]` of `app`'s config, starts its workers
+/// and runs its accept loop with [`App::spawn`], so `sluice_server::serve`
+/// drains them at shutdown. Returns the bound addresses (port 0 resolved).
 pub async fn start(app: &App) -> Result<Vec<SocketAddr>, GatewayError> {
     let mut bound = Vec::new();
     let mut gateways = Vec::new();
@@ -110,9 +122,15 @@ pub async fn start(app: &App) -> Result<Vec<SocketAddr>, GatewayError> {
             .map_err(|source| GatewayError::Bind { addr, source })?;
         let gw = Gateway::new(app.clone(), cfg)?;
         let acceptor = acceptor(&gw.shared.cfg)?;
-        tracing::warn!(listen = %local, upstream = %gw.shared.cfg.upstream, protocol = ?gw.shared.cfg.protocol, "http gateway serving");
-        gateways.push((gw.clone(), local));
-        app.spawn(serve(listener, gw, acceptor, app.shutdown_watch()));
+        let n = gw
+            .shared
+            .cfg
+            .workers
+            .map_or_else(worker::default_count, usize::from);
+        let workers = worker::Workers::start(&gw, &acceptor, n, app.shutdown_watch()).await?;
+        tracing::warn!(listen = %local, upstream = %gw.shared.cfg.upstream, protocol = ?gw.shared.cfg.protocol, workers = n, "http gateway serving");
+        gateways.push((gw, local));
+        app.spawn(serve(listener, workers, app.shutdown_watch()));
         bound.push(local);
     }
     if !gateways.is_empty() {
@@ -142,12 +160,12 @@ fn acceptor(cfg: &HttpGateway) -> Result<Acceptor, GatewayError> {
     }
 }
 
-/// Runs `gw` on `listener` until `shutdown` turns true, then lets open
-/// requests finish (at most 30 s).
-pub async fn serve(
+/// Accepts on `listener` and hands each connection to the least busy
+/// worker until `shutdown` turns true, then lets open requests finish (at
+/// most 30 s) and stops the workers.
+async fn serve(
     listener: TcpListener,
-    gw: Gateway,
-    acceptor: Acceptor,
+    workers: worker::Workers,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     // Each connection holds a sender; when all are dropped, the drain is over.
@@ -169,40 +187,51 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let gw = gw.clone();
-        let acceptor = acceptor.clone();
-        let open = open_tx.clone();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            // Direct clients (not trusted proxies) are held to the
-            // per-address connection limits, as the TCP gateway does.
-            let slot = match connection_slot(&gw, peer) {
-                Ok(slot) => slot,
-                Err(d) => {
-                    // One answer in the protocol's form (a client library
-                    // reads `retry_after_ms` from it), then close.
-                    let mut stream = stream;
-                    let _ = stream.write_all(&refusal(&gw, &d).await).await;
-                    return;
-                }
-            };
-            match acceptor {
-                #[cfg(feature = "tls")]
-                Some(acc) => match tokio::time::timeout(HANDSHAKE, acc.accept(stream)).await {
-                    Ok(Ok(tls)) => connection(gw, tls, peer, stop).await,
-                    _ => tracing::debug!("http gateway: TLS handshake failed"),
-                },
-                #[cfg(not(feature = "tls"))]
-                Some(never) => match never {},
-                None => connection(gw, stream, peer, stop).await,
-            }
-            drop(slot);
-            drop(open);
-        });
+        // The socket leaves this runtime's reactor for the worker's.
+        match stream.into_std() {
+            Ok(stream) => workers.dispatch(stream, peer, open_tx.clone()),
+            Err(e) => tracing::debug!("http gateway: cannot hand a connection over: {e}"),
+        }
     }
     drop(listener);
     drop(open_tx);
     let _ = tokio::time::timeout(DRAIN, open_rx.recv()).await;
+    // Dropping the workers closes their queues: each thread ends.
+    drop(workers);
+}
+
+/// Serves one accepted connection on the current (worker) runtime: the
+/// per-address connection limit, the TLS handshake, then HTTP/1.
+async fn accepted(
+    gw: Gateway,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: Acceptor,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    // Direct clients (not trusted proxies) are held to the per-address
+    // connection limits, as the TCP gateway does.
+    let slot = match connection_slot(&gw, peer) {
+        Ok(slot) => slot,
+        Err(d) => {
+            // One answer in the protocol's form (a client library reads
+            // `retry_after_ms` from it), then close.
+            let mut stream = stream;
+            let _ = stream.write_all(&refusal(&gw, &d).await).await;
+            return;
+        }
+    };
+    match acceptor {
+        #[cfg(feature = "tls")]
+        Some(acc) => match tokio::time::timeout(HANDSHAKE, acc.accept(stream)).await {
+            Ok(Ok(tls)) => connection(gw, tls, peer, stop).await,
+            _ => tracing::debug!("http gateway: TLS handshake failed"),
+        },
+        #[cfg(not(feature = "tls"))]
+        Some(never) => match never {},
+        None => connection(gw, stream, peer, stop).await,
+    }
+    drop(slot);
 }
 
 /// A connection slot for a direct client (none needed for a trusted proxy).

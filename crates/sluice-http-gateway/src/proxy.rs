@@ -23,6 +23,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -36,6 +37,7 @@ use crate::forwarded::{self, Origin};
 use crate::identity::{self, Credential, TtlCache};
 use crate::respond;
 use crate::route::{self, Charge, Cost, Route};
+use crate::upstream::{Lent, Upstream};
 use crate::GatewayError;
 
 /// How long a confirmed identity is remembered.
@@ -59,7 +61,8 @@ pub(crate) struct Shared {
     pub app: App,
     pub cfg: HttpGateway,
     pub base: String,
-    pub client: Client<HttpConnector, ProxyBody>,
+    /// The base's scheme and authority when it has no path.
+    pub origin: Option<(hyper::http::uri::Scheme, hyper::http::uri::Authority)>,
     pub appservices: HashMap<String, Target>,
     pub key: foldhash::quality::RandomState,
     /// Token hash → user (None: the upstream refused the token).
@@ -71,10 +74,21 @@ pub(crate) struct Shared {
     pub tls: bool,
 }
 
-/// One HTTP gateway: cheap to clone.
+type Pooled = Client<HttpConnector, ProxyBody>;
+
+/// One HTTP gateway: cheap to clone. The state (caches, counters, long-poll
+/// slots) is shared by every clone; the upstream client (its connection
+/// pool) is shared by clones, but each worker makes its own with
+/// [`Gateway::for_worker`], so a worker's requests never wait on another
+/// worker's runtime.
 #[derive(Clone)]
 pub struct Gateway {
     pub(crate) shared: Arc<Shared>,
+    /// This worker's connections to the upstream, when its base is a bare
+    /// origin ([`crate::upstream`]).
+    own: Option<Upstream>,
+    /// hyper-util's pooled client, for a base with a path.
+    client: Pooled,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -114,6 +128,14 @@ impl Drop for LongPoll {
     }
 }
 
+/// Why a request could not be sent upstream.
+enum SendError {
+    /// Its target cannot be joined to the upstream's base.
+    Target,
+    /// The upstream could not be reached or failed.
+    Upstream(body::BoxError),
+}
+
 fn synthetic_denial(name: &'static str, retry: Duration) -> Decision {
     Decision {
         allowed: false,
@@ -125,32 +147,43 @@ fn synthetic_denial(name: &'static str, retry: Duration) -> Decision {
     }
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
+// Header names as constants: removing by `&str` parses the name each time.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        if !(keep_upgrade && n == header::UPGRADE) {
-            h.remove(n);
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            if !(keep_upgrade && n == header::UPGRADE) {
+                h.remove(n);
+            }
         }
     }
-    for n in HOP_BY_HOP {
-        if keep_upgrade && (n == "connection" || n == "upgrade") {
+    for n in &HOP_BY_HOP {
+        if keep_upgrade && (n == header::CONNECTION || n == header::UPGRADE) {
             continue;
         }
         h.remove(n);
@@ -167,6 +200,18 @@ fn is_upgrade(h: &HeaderMap) -> bool {
 
 fn content_length(h: &HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// A pooled HTTP/1 client for the upstream. Its connection tasks are
+/// spawned on the runtime that first uses it.
+fn upstream_client() -> Pooled {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(connector)
 }
 
 impl Gateway {
@@ -193,20 +238,33 @@ impl Gateway {
                 .map_err(|e| GatewayError::File(a.token_file.clone(), std::io::Error::other(e)))?;
             appservices.insert(token, target);
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         let tls = cfg.tls_cert.is_some();
+        let origin = base.parse::<Uri>().ok().and_then(|u| {
+            let bare = u.path_and_query().is_none_or(|p| p.as_str() == "/");
+            let parts = u.into_parts();
+            match (parts.scheme, parts.authority) {
+                (Some(s), Some(a)) if bare => Some((s, a)),
+                _ => None,
+            }
+        });
+        let own = match &origin {
+            Some((scheme, authority)) if scheme.as_str() == "http" => Uri::builder()
+                .scheme(scheme.clone())
+                .authority(authority.clone())
+                .path_and_query("/")
+                .build()
+                .ok()
+                .and_then(|u| Upstream::new(&u)),
+            _ => None,
+        };
         Ok(Self {
+            own,
+            client: upstream_client(),
             shared: Arc::new(Shared {
                 app,
                 cfg,
                 base,
-                client,
+                origin,
                 appservices,
                 key: foldhash::quality::RandomState::default(),
                 whoami: TtlCache::new(IDENTITY_CAPACITY, IDENTITY_TTL),
@@ -216,6 +274,17 @@ impl Gateway {
                 tls,
             }),
         })
+    }
+
+    /// The same gateway with its own upstream client (connection pool), for
+    /// one worker: the pool's connection tasks then run on that worker's
+    /// runtime, next to the requests that use them.
+    pub(crate) fn for_worker(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            own: self.own.as_ref().map(Upstream::fresh),
+            client: upstream_client(),
+        }
     }
 
     fn engine(&self) -> &Engine {
@@ -380,18 +449,6 @@ impl Gateway {
             Vec::new(),
         )
         .boxed();
-        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri: Uri = match format!("{}{pq}", self.shared.base).parse() {
-            Ok(u) => u,
-            Err(_) => {
-                return respond::upstream_error(
-                    self.protocol(),
-                    StatusCode::BAD_REQUEST,
-                    "unusable request target",
-                )
-            }
-        };
-        parts.uri = uri;
         let host = parts
             .headers
             .get(header::HOST)
@@ -400,9 +457,22 @@ impl Gateway {
         self.rewrite_forwarding(&mut parts.headers, &origin, peer.ip(), &config, host.as_deref());
         strip_hop_by_hop(&mut parts.headers, upgrade);
         let up_req = Request::from_parts(parts, up_body);
-        let mut resp = match self.shared.client.request(up_req).await {
-            Ok(r) => r,
-            Err(e) => {
+        let mut resp = match self.send(up_req).await {
+            Ok((r, lent)) => {
+                // Back to the worker's stack once the answer has been sent.
+                if let Some(lent) = lent {
+                    held.push(Box::new(lent));
+                }
+                r
+            }
+            Err(SendError::Target) => {
+                return respond::upstream_error(
+                    self.protocol(),
+                    StatusCode::BAD_REQUEST,
+                    "unusable request target",
+                )
+            }
+            Err(SendError::Upstream(e)) => {
                 if let Some(d) = verdict.lock().unwrap_or_else(|p| p.into_inner()).take() {
                     return self.deny(&route, &d);
                 }
@@ -509,6 +579,52 @@ impl Gateway {
         Response::from_parts(parts, out_body)
     }
 
+    /// Sends `req` (as the client sent its target) to the upstream: on this
+    /// worker's own connections, or through the pooled client.
+    async fn send(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Option<Lent>), SendError> {
+        match &self.own {
+            Some(own) => {
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                *req.uri_mut() = Uri::from(pq);
+                own.send(req)
+                    .await
+                    .map(|(r, l)| (r, Some(l)))
+                    .map_err(SendError::Upstream)
+            }
+            None => {
+                *req.uri_mut() = self.upstream_uri(req.uri()).ok_or(SendError::Target)?;
+                self.client
+                    .request(req)
+                    .await
+                    .map(|r| (r, None))
+                    .map_err(|e| SendError::Upstream(body::BoxError::new(e)))
+            }
+        }
+    }
+
+    /// The upstream's URI for a request's target: the base's scheme and
+    /// authority, the request's path and query.
+    fn upstream_uri(&self, target: &Uri) -> Option<Uri> {
+        let pq = target.path_and_query().map_or("/", |p| p.as_str());
+        match &self.shared.origin {
+            // The base is a bare origin: no text to format and parse again.
+            Some((scheme, authority)) => Uri::builder()
+                .scheme(scheme.clone())
+                .authority(authority.clone())
+                .path_and_query(pq)
+                .build()
+                .ok(),
+            None => format!("{}{pq}", self.shared.base).parse().ok(),
+        }
+    }
+
     /// A charger for the route's byte action: each call checks `n` bytes.
     fn charger(&self, who: &Who, route: &Route) -> Charger {
         let gw = self.clone();
@@ -563,26 +679,40 @@ impl Gateway {
         host: Option<&str>,
     ) {
         let trusted_peer = config.network.trusted_proxies.iter().any(|n| n.contains(&peer));
-        let proto = if self.shared.tls { "https" } else { "http" };
-        let proto = match h.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) {
-            Some(p) if trusted_peer && (p == "https" || p == "http") => p.to_owned(),
-            _ => proto.to_owned(),
+        let ours = if self.shared.tls { "https" } else { "http" };
+        let proto = match h.get(X_FORWARDED_PROTO).and_then(|v| v.to_str().ok()) {
+            Some("https") if trusted_peer => "https",
+            Some("http") if trusted_peer => "http",
+            _ => ours,
         };
-        h.remove("forwarded");
-        h.remove("x-forwarded-for");
-        h.remove("x-real-ip");
+        h.remove(FORWARDED);
         if !trusted_peer {
-            h.remove("x-forwarded-host");
+            h.remove(X_FORWARDED_HOST);
         }
-        let pairs = [
-            ("x-forwarded-for", origin.x_forwarded_for()),
-            ("forwarded", origin.forwarded(&proto, host)),
-            ("x-real-ip", origin.client.to_string()),
-            ("x-forwarded-proto", proto.clone()),
-        ];
-        for (k, v) in pairs {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                h.insert(k, v);
+        let xff = origin.x_forwarded_for();
+        // A direct client's chain is its address alone: one value for both.
+        let real_ip = if origin.chain.as_slice() == [origin.client] {
+            HeaderValue::from_str(&xff).ok()
+        } else {
+            HeaderValue::from_str(&origin.client.to_string()).ok()
+        };
+        for (k, v) in [
+            (X_FORWARDED_FOR, HeaderValue::from_str(&xff).ok()),
+            (
+                FORWARDED,
+                HeaderValue::from_str(&origin.forwarded(proto, host)).ok(),
+            ),
+            (X_REAL_IP, real_ip),
+            (X_FORWARDED_PROTO, Some(HeaderValue::from_static(proto))),
+        ] {
+            // `insert` replaces every value a client sent.
+            match v {
+                Some(v) => {
+                    h.insert(k, v);
+                }
+                None => {
+                    h.remove(k);
+                }
             }
         }
     }
@@ -690,9 +820,8 @@ impl Gateway {
     /// Asks the upstream who a token belongs to: `Ok(None)` if it refuses it.
     async fn whoami(&self, token: &str) -> Result<Option<Target>, ()> {
         self.shared.counters.whoami.fetch_add(1, Ordering::Relaxed);
-        let uri: Uri = format!("{}/_matrix/client/v3/account/whoami", self.shared.base)
-            .parse()
-            .map_err(|_| ())?;
+        // The target alone: `send` joins it to the base.
+        let uri = Uri::from_static("/_matrix/client/v3/account/whoami");
         let auth = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ())?;
         let req = Request::builder()
             .method(Method::GET)
@@ -700,7 +829,7 @@ impl Gateway {
             .header(header::AUTHORIZATION, auth)
             .body(body::empty())
             .map_err(|_| ())?;
-        let resp = tokio::time::timeout(Duration::from_secs(5), self.shared.client.request(req))
+        let (resp, _lent) = tokio::time::timeout(Duration::from_secs(5), self.send(req))
             .await
             .map_err(|_| ())?
             .map_err(|_| ())?;

@@ -796,3 +796,146 @@ async fn made_up_tokens_cannot_flood_whoami() {
         h.seen.whoami.load(Ordering::SeqCst)
     );
 }
+
+/// Every worker serves, and they share one engine (one limit for the
+/// address, whichever worker a connection lands on) and one metrics series.
+#[tokio::test]
+async fn workers_serve_and_share_one_limit() {
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper::body::Bytes;
+
+    let limits = "[limits.client.target]\nrequest = [{ rate = \"6/1h\", per = \"anonymous_ip\" }, { rate = \"1000/1h\", per = \"user\" }]\n";
+    let h = start("matrix", &format!("{TRUSTING}{limits}"), "workers = 3\n").await;
+    #[cfg(target_os = "linux")]
+    {
+        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .collect();
+        assert!(names.iter().any(|n| n.trim() == "sluice-http-2"), "{names:?}");
+    }
+    // Three connections open at once: the accept loop gives each to the
+    // worker with the fewest, so each lands on its own worker.
+    let mut senders = Vec::new();
+    for _ in 0..3 {
+        let tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        let (tx, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        senders.push(tx);
+    }
+    let mut statuses = Vec::new();
+    for round in 0..3 {
+        for tx in &mut senders {
+            let req = hyper::Request::get("/_matrix/client/v3/capabilities")
+                .header("host", "localhost")
+                .header("x-forwarded-for", "203.0.113.50")
+                .body(Empty::new())
+                .unwrap();
+            let resp = tx.send_request(req).await.unwrap();
+            statuses.push((round, resp.status().as_u16()));
+            resp.into_body().collect().await.unwrap();
+        }
+    }
+    let ok = statuses.iter().filter(|(_, s)| *s == 200).count();
+    let limited = statuses.iter().filter(|(_, s)| *s == 429).count();
+    assert_eq!((ok, limited), (6, 3), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|(round, s)| (*s == 200) == (*round < 2)),
+        "{statuses:?}"
+    );
+
+    // One series for the gateway, whatever the number of workers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(sluice_server::serve(listener, h.app.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let resp = client
+        .get(format!("http://{api}/metrics").parse().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("sluice_http_gateway_requests_total{"))
+        .collect();
+    assert_eq!(series.len(), 3, "{text}");
+    assert!(text.contains("outcome=\"forwarded\"} 6"), "{text}");
+    assert!(text.contains("outcome=\"denied\"} 3"), "{text}");
+    // Shutdown drains the workers' connections and returns.
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
+/// An upstream that closes every connection after one answer (or drops idle
+/// ones): each request still gets through, on a new connection when the
+/// kept one has gone.
+#[tokio::test]
+async fn upstream_closing_its_connections_is_reopened() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = up.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = up.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                // No `Connection: close`: the gateway learns only from the
+                // socket closing.
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+                    )
+                    .await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let state = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\nstate_dir = \"{}\"\n{TRUSTING}\n[[gateway.http]]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{up_addr}\"\nprotocol = \"matrix\"\nworkers = 1\n",
+        state.path().display()
+    );
+    let config = sluice_config::parse(&text, "test.toml").unwrap();
+    let app = sluice_server::App::new(config).unwrap();
+    let gw = sluice_http_gateway::start(&app).await.unwrap()[0];
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
+    for i in 0..5 {
+        let resp = client
+            .get(
+                format!("http://{gw}/_matrix/client/v3/capabilities")
+                    .parse()
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        use http_body_util::BodyExt as _;
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"{}");
+        // Let the upstream's close reach the gateway for some requests,
+        // not for others (those find the kept connection closed or closing).
+        if i % 2 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 5);
+}

@@ -80,6 +80,13 @@ impl Compiler<'_> {
                 _ => return Err(self.err(span_of(n), "long_polls_per_account must be between 1 and 1024")),
             },
         };
+        let workers = match &r.workers {
+            None => None,
+            Some(n) => match u16::try_from(*n.get_ref()) {
+                Ok(n) if (1..=256).contains(&n) => Some(n),
+                _ => return Err(self.err(span_of(n), "workers must be between 1 and 256")),
+            },
+        };
         Ok(HttpGateway {
             listen,
             upstream: r.upstream.get_ref().clone(),
@@ -90,6 +97,7 @@ impl Compiler<'_> {
             appservices,
             rules,
             long_polls_per_account,
+            workers,
         })
     }
 }
