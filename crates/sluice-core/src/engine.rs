@@ -501,6 +501,9 @@ struct FastLimit {
     /// Only requests with no user and no appservice (`anonymous_ip`).
     anonymous_only: bool,
     shadow: bool,
+    /// A concurrency cap (no bucket): checks skip it; an in-process
+    /// acquire it applies to takes the general path.
+    cap: bool,
 }
 
 struct Inner {
@@ -619,9 +622,9 @@ impl Engine {
                     ix.iter()
                         .filter_map(|&i| {
                             let l = &policy.limits()[i];
-                            let LimitKind::Rate(rate) = l.kind else {
-                                // Checks take no concurrency slots.
-                                return None;
+                            let (gcra, window, cap) = match l.kind {
+                                LimitKind::Rate(rate) => (rate.gcra(), rate.period(), false),
+                                LimitKind::Concurrency(_) => (Gcra::new(1, 1), Duration::ZERO, true),
                             };
                             let (per, anonymous_only) = match l.scope {
                                 Scope::Global => (None, false),
@@ -630,17 +633,18 @@ impl Engine {
                             };
                             Some(FastLimit {
                                 name_hash: name_hashes[i],
-                                gcra: rate.gcra(),
-                                window: rate.period(),
+                                gcra,
+                                window,
                                 index: i,
                                 per,
                                 anonymous_only,
                                 shadow: l.shadow,
+                                cap,
                             })
                         })
                         .collect::<Box<[FastLimit]>>()
                 })
-                .filter(|r| r.len() <= FAST_BUCKETS);
+                .filter(|r| r.iter().filter(|l| !l.cap).count() <= FAST_BUCKETS);
             routes.entry(action).or_insert_with(|| [None, None])[side as usize] = route;
         }
         Compiled {
@@ -869,7 +873,11 @@ impl Engine {
                 }
             }
         }
-        if let Mode::Acquire { ttl } = mode {
+        // An in-process guard with no slot to hold needs no lease (and so no
+        // lock in the store); API leases are always issued, for the caller
+        // to release.
+        let lease_needed = !plan.batch.slots.is_empty() || matches!(mode, Mode::Acquire { ttl: Some(_) });
+        if let (Mode::Acquire { ttl }, true) = (mode, lease_needed) {
             let seq = self.inner.lease_seq.fetch_add(1, Ordering::Relaxed);
             let tag = self.inner.hasher.hash_one((seq, now));
             let id = (u128::from(seq) << 64) | u128::from(tag);
@@ -1073,9 +1081,18 @@ impl Engine {
         &self,
         compiled: &Compiled,
         req: &Request<'_>,
-        dry_run: bool,
+        mode: Mode,
         full: Option<&mut Decision>,
     ) -> Result<Fast, EngineError> {
+        let dry_run = mode == Mode::DryRun;
+        // An in-process acquire (a guard) is a check of cost 1 when no
+        // concurrency cap applies to the request; API leases always take
+        // the general path (their callers get a lease to release).
+        let acquire = match mode {
+            Mode::Check | Mode::DryRun => false,
+            Mode::Acquire { ttl: None } => true,
+            Mode::Acquire { ttl: Some(_) } => return Ok(Fast::Slow),
+        };
         let policy = &compiled.policy;
         let Some(route) = compiled
             .routes
@@ -1102,7 +1119,7 @@ impl Engine {
         }
         let anonymous = req.targets.user.is_none() && req.targets.appservice.is_none();
         let has_overrides = !policy.overrides().is_empty();
-        let cost = req.cost;
+        let cost = if acquire { 1 } else { req.cost };
         // Plain arrays: a `SmallVec`'s spill checks on every access cost
         // more than filling four entries.
         let mut buckets = [KeyedBucket {
@@ -1118,12 +1135,20 @@ impl Engine {
         let mut hashes: [Option<u64>; 5] = [None; 5];
         for (r, fl) in route.iter().enumerate() {
             let th = match fl.per {
+                None if fl.cap && acquire => return Ok(Fast::Slow),
+                None if fl.cap => continue,
                 None => self.inner.global_hash,
                 Some(k) => {
                     if fl.anonymous_only && !anonymous {
                         continue;
                     }
                     let Some(t) = by_kind[k as usize] else { continue };
+                    if fl.cap {
+                        if acquire {
+                            return Ok(Fast::Slow);
+                        }
+                        continue;
+                    }
                     if has_overrides && policy.override_for(t, req.action).is_some() {
                         return Ok(Fast::Slow);
                     }
@@ -1219,9 +1244,9 @@ impl Engine {
         // A borrowed guard, not an owned Arc: no shared reference count for
         // every thread to bump on every decision.
         let compiled = self.inner.compiled.load();
-        if let Mode::Check | Mode::DryRun = mode {
+        if let Mode::Check | Mode::DryRun | Mode::Acquire { ttl: None } = mode {
             let mut d = Decision::early(true, Duration::ZERO, Reason::Allowed);
-            match self.fast(&compiled, req, mode == Mode::DryRun, Some(&mut d))? {
+            match self.fast(&compiled, req, mode, Some(&mut d))? {
                 Fast::Slow => {}
                 Fast::Allowed | Fast::Decided | Fast::Denied(_) => return Ok(d),
             }
@@ -1242,7 +1267,7 @@ impl Engine {
     /// no [`LimitReport`]s are built on the allowed path.
     pub fn admit(&self, req: &Request<'_>) -> Result<Admission, EngineError> {
         let compiled = self.inner.compiled.load();
-        match self.fast(&compiled, req, false, None)? {
+        match self.fast(&compiled, req, Mode::Check, None)? {
             Fast::Allowed | Fast::Decided => {
                 return Ok(Admission {
                     allowed: true,

@@ -774,3 +774,96 @@ fn model_sanity_examples() {
     ops.push(Op::Check(login(4)));
     run(&ops).unwrap();
 }
+
+/// In-process guards (`acquire_guard`) take the fast path when no
+/// concurrency cap applies to the request (anonymous requests under a
+/// per-user cap, here): the decisions must equal the general path's, the
+/// cap must hold for users, and guards dropped in any order must give
+/// their slots back.
+#[test]
+fn guards_decide_alike_on_both_paths() {
+    use sluice_core::Guard;
+    let policy = || {
+        Policy::builder()
+            .limit(Limit::new(
+                Side::Client,
+                "request",
+                Scope::Target(Per::AnonymousIp),
+                LimitKind::Rate("5/1s".parse().unwrap()),
+            ))
+            .unwrap()
+            .limit(Limit::new(
+                Side::Client,
+                "request",
+                Scope::Target(Per::Kind(TargetKind::User)),
+                LimitKind::Rate("8/1s".parse().unwrap()),
+            ))
+            .unwrap()
+            .limit(Limit::new(
+                Side::Client,
+                "request",
+                Scope::Global,
+                LimitKind::Rate("40/1s".parse().unwrap()),
+            ))
+            .unwrap()
+            .limit(Limit::new(
+                Side::Client,
+                "request",
+                Scope::Target(Per::Kind(TargetKind::User)),
+                LimitKind::Concurrency(2),
+            ))
+            .unwrap()
+            .build()
+    };
+    let clock = FakeClock::new();
+    let fast = Engine::new(
+        policy(),
+        Arc::new(MemoryStore::new(1 << 10)),
+        Arc::new(clock.clone()),
+    );
+    let general = Engine::new(
+        policy(),
+        Arc::new(FullBatches(MemoryStore::new(1 << 10))),
+        Arc::new(clock.clone()),
+    );
+    let mut held: Vec<(Guard, Guard)> = Vec::new();
+    let mut rng = 0x9E37_79B9_u64;
+    for step in 0..2_000 {
+        rng = rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let r = rng >> 33;
+        let mut req = Request::client("request").ip(format!("10.0.0.{}", r % 3).parse().unwrap());
+        if r % 5 < 2 {
+            req = req.user(Target::user(["@a:x", "@b:x"][(r % 2) as usize]).unwrap());
+        }
+        let a = fast.acquire_guard(&req).unwrap();
+        let b = general.acquire_guard(&req).unwrap();
+        let strip = |d: &Decision| Decision {
+            lease: None,
+            ..d.clone()
+        };
+        match (a, b) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(strip(a.decision()), strip(b.decision()), "step {step}");
+                if req.targets.user.is_none() {
+                    assert!(a.decision().lease.is_none(), "an anonymous guard holds no lease");
+                }
+                if r % 4 == 0 {
+                    held.push((a, b));
+                }
+            }
+            (Err(a), Err(b)) => assert_eq!(strip(&a), strip(&b), "step {step}"),
+            (a, b) => panic!("step {step}: fast {:?} vs general {:?}", a.is_ok(), b.is_ok()),
+        }
+        if r % 7 == 0 && !held.is_empty() {
+            held.swap_remove((r as usize / 7) % held.len());
+        }
+        if r % 11 == 0 {
+            clock.advance_nanos(150_000_000);
+        }
+    }
+    drop(held);
+    assert_eq!(fast.store().active_leases(fast.now()), 0);
+    assert_eq!(general.store().active_leases(general.now()), 0);
+}
