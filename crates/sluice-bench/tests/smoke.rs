@@ -32,7 +32,9 @@ fn quick_run_with_tiny_sizes_completes_and_reports_every_section() {
     assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
     for needle in [
         "| 512 | 2 | sluice Engine::check |",
-        "| 512 | 1 | sluice MemoryStore::decide |",
+        "| 512 | 1 | sluice MemoryStore::decide_keyed |",
+        "| 512 | 1 | sluice Engine::admit |",
+        "| 512 | 2 | sluice Engine::check, 10k bans |",
         "| 64 | 1 | governor keyed + direct |",
         "| 64 | 2 | raw Vec<AtomicU64> |",
         "| sluice MemoryStore (max_keys = 2000) |",
