@@ -620,7 +620,7 @@ impl Engine {
                 .action_limits(side, action)
                 .map(|ix| {
                     ix.iter()
-                        .filter_map(|&i| {
+                        .map(|&i| {
                             let l = &policy.limits()[i];
                             let (gcra, window, cap) = match l.kind {
                                 LimitKind::Rate(rate) => (rate.gcra(), rate.period(), false),
@@ -631,7 +631,7 @@ impl Engine {
                                 Scope::Target(Per::Kind(k)) => (Some(k), false),
                                 Scope::Target(Per::AnonymousIp) => (Some(TargetKind::Ip), true),
                             };
-                            Some(FastLimit {
+                            FastLimit {
                                 name_hash: name_hashes[i],
                                 gcra,
                                 window,
@@ -640,7 +640,7 @@ impl Engine {
                                 anonymous_only,
                                 shadow: l.shadow,
                                 cap,
-                            })
+                            }
                         })
                         .collect::<Box<[FastLimit]>>()
                 })
