@@ -122,6 +122,7 @@ impl Normalizer {
     }
 
     /// The network an address is limited as.
+    #[inline]
     pub fn ip(&self, addr: IpAddr) -> IpNet {
         match canonical_ip(addr) {
             IpAddr::V4(a) => IpNet::V4(Ipv4Net::new(a, self.v4).unwrap_or_default().trunc()),
@@ -130,6 +131,7 @@ impl Normalizer {
     }
 
     /// The target for a client address.
+    #[inline]
     pub fn ip_target(&self, addr: IpAddr) -> Target {
         Target::Ip(self.ip(addr))
     }
@@ -150,6 +152,7 @@ impl Normalizer {
 }
 
 /// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is the IPv4 address it carries.
+#[inline]
 pub fn canonical_ip(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
