@@ -75,12 +75,20 @@ impl RedisStore {
                     Ok(b) => base = b,
                     Err(e) => tracing::debug!("ban sync: {e}"),
                 }
-                if let Ok(n) = this.conn_cmd::<u64>(redis::cmd("DBSIZE")).await {
-                    this.set_db_keys(n);
-                }
+                let _ = this.count_keys().await;
                 let _ = this.count_leases(engine.now()).await;
             }
         })
+    }
+
+    /// Counts the keys in Redis now (`DBSIZE`, summed over a Cluster's
+    /// primaries) and keeps the figure for [`RedisStore::stats`] and the
+    /// `sluice_tracked_keys` metric; [`RedisStore::sync_bans`] does this on
+    /// every tick.
+    pub async fn count_keys(&self) -> Result<u64, sluice_core::StoreError> {
+        let n = self.conn_cmd::<u64>(redis::cmd("DBSIZE")).await?;
+        self.set_db_keys(n);
+        Ok(n)
     }
 
     /// One merge; returns the new base (the hash as it now stands).

@@ -411,12 +411,9 @@ fn cluster_tracks_db_keys_across_nodes() {
     for ip in &ips {
         assert!(i.engine.check(&Request::client("login").ip(*ip)).unwrap().allowed);
     }
-    // DBSIZE is summed over every primary.
-    let handle = i.store.sync_bans(i.engine.clone(), Duration::from_millis(50));
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while i.store.stats().db_keys < ips.len() as u64 {
-        assert!(std::time::Instant::now() < deadline, "{:?}", i.store.stats());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    handle.abort();
+    // DBSIZE is summed over every primary; each check's script has run, so
+    // the keys are there now.
+    let n = rt.block_on(i.store.count_keys()).unwrap();
+    assert!(n >= ips.len() as u64, "DBSIZE {n} for {} keys", ips.len());
+    assert_eq!(i.store.stats().db_keys, n);
 }

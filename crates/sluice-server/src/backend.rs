@@ -94,6 +94,17 @@ pub(crate) async fn decide(app: &App, req: &Request<'_>, mode: Mode) -> Result<D
     Ok(engine.finish(plan, outcome))
 }
 
+/// Reads the store-wide gauges now, before a scrape renders them. Redis
+/// counts keys and live leases with two small commands (bounded by the
+/// command timeout; on failure the last figures stand); the memory store's
+/// are always current.
+pub(crate) async fn refresh_gauges(app: &App) {
+    if let Backend::Redis(store) = &app.inner.backend {
+        let _ = store.count_keys().await;
+        let _ = store.count_leases(app.now()).await;
+    }
+}
+
 /// Releases a lease on whichever store.
 pub(crate) async fn release(app: &App, id: LeaseId) -> Result<bool, EngineError> {
     let Backend::Redis(store) = &app.inner.backend else {

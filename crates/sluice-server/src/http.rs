@@ -378,6 +378,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn metrics(State(app): State<App>) -> Response {
+    crate::backend::refresh_gauges(&app).await;
     let mut text = app.inner.metrics.render(app.gauges());
     app.render_extra_metrics(&mut text);
     (
