@@ -79,31 +79,14 @@ impl KeyedResult {
     /// bucket allowed, any other judged as it now stands.
     #[inline]
     pub fn judge(self, gcra: Gcra, now: Nanos, cost: u64) -> BucketResult {
-        let snapshot = gcra.snapshot(self.tat, now);
         if self.applied {
             return BucketResult {
                 allowed: true,
                 retry_after: None,
-                snapshot,
+                snapshot: gcra.snapshot(self.tat, now),
             };
         }
-        match gcra.check(self.tat, now, cost) {
-            Verdict::Allow { .. } => BucketResult {
-                allowed: true,
-                retry_after: None,
-                snapshot,
-            },
-            Verdict::Deny { retry_after } => BucketResult {
-                allowed: false,
-                retry_after: Some(retry_after),
-                snapshot,
-            },
-            Verdict::Impossible => BucketResult {
-                allowed: false,
-                retry_after: None,
-                snapshot,
-            },
-        }
+        BucketResult::judge(gcra, self.tat, now, cost)
     }
 }
 
@@ -154,6 +137,33 @@ pub struct BucketResult {
     pub retry_after: Option<Nanos>,
     /// The bucket after the decision.
     pub snapshot: Snapshot,
+}
+
+impl BucketResult {
+    /// A bucket with state `tat` judged as it stands at `now`: whether
+    /// `cost` more would pass, how long until it would, and its snapshot.
+    /// How every store reports a bucket it did not consume from.
+    #[inline]
+    pub fn judge(gcra: Gcra, tat: Nanos, now: Nanos, cost: u64) -> Self {
+        let snapshot = gcra.snapshot(tat, now);
+        match gcra.check(tat, now, cost) {
+            Verdict::Allow { .. } => Self {
+                allowed: true,
+                retry_after: None,
+                snapshot,
+            },
+            Verdict::Deny { retry_after } => Self {
+                allowed: false,
+                retry_after: Some(retry_after),
+                snapshot,
+            },
+            Verdict::Impossible => Self {
+                allowed: false,
+                retry_after: None,
+                snapshot,
+            },
+        }
+    }
 }
 
 /// One slot's result.

@@ -32,7 +32,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use sluice_core::gcra::{Gcra, Snapshot, Verdict};
+use sluice_core::gcra::{Snapshot, Verdict};
 use sluice_core::store::{Batch, BucketResult, Outcome, SlotResult};
 use sluice_core::Nanos;
 
@@ -60,28 +60,6 @@ pub(crate) struct Local {
     deny_cache: bool,
     batch: u64,
     hold: Nanos,
-}
-
-/// A bucket's result from its TAT, exactly as the memory store reports it.
-pub(crate) fn result(g: Gcra, tat: Nanos, now: Nanos, cost: u64) -> BucketResult {
-    let snapshot = g.snapshot(tat, now);
-    match g.check(tat, now, cost) {
-        Verdict::Allow { .. } => BucketResult {
-            allowed: true,
-            retry_after: None,
-            snapshot,
-        },
-        Verdict::Deny { retry_after } => BucketResult {
-            allowed: false,
-            retry_after: Some(retry_after),
-            snapshot,
-        },
-        Verdict::Impossible => BucketResult {
-            allowed: false,
-            retry_after: None,
-            snapshot,
-        },
-    }
 }
 
 impl Local {
@@ -130,7 +108,7 @@ impl Local {
                 .buckets
                 .iter()
                 .zip(&tats)
-                .map(|(b, &t)| result(b.gcra, t, now, b.cost))
+                .map(|(b, &t)| BucketResult::judge(b.gcra, t, now, b.cost))
                 .collect(),
             slots: batch
                 .slots

@@ -17,7 +17,7 @@ use sluice_core::Nanos;
 use smallvec::SmallVec;
 
 use crate::keys::Keys;
-use crate::local::{result, Local};
+use crate::local::Local;
 
 /// What a decision answers when Redis cannot be asked in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -637,7 +637,7 @@ impl RedisStore {
             .iter()
             .zip(&per_bucket)
             .map(|(b, &(before, after, _))| {
-                let r = result(b.gcra, REF + before, REF, b.cost);
+                let r = BucketResult::judge(b.gcra, REF + before, REF, b.cost);
                 if committed && r.allowed {
                     BucketResult {
                         allowed: true,
