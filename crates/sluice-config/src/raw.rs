@@ -251,6 +251,7 @@ pub(crate) struct RawTcp {
 pub(crate) struct RawHttp {
     pub listen: S<String>,
     pub upstream: S<String>,
+    pub upstream_ca: Option<S<String>>,
     pub protocol: HttpProtocol,
     pub tls_cert: Option<S<String>>,
     pub tls_key: Option<S<String>>,

@@ -263,6 +263,9 @@ pub struct HttpGateway {
     pub listen: SocketAddr,
     /// The upstream's base URL: `http://host:port` or `https://host:port`.
     pub upstream: String,
+    /// For an `https://` upstream: the PEM certificates its certificate must
+    /// chain to, instead of the system's roots (a private CA).
+    pub upstream_ca: Option<PathBuf>,
     /// Matrix, JMAP or generic.
     pub protocol: HttpProtocol,
     /// Serve TLS with this certificate chain (PEM); set with `tls_key`.

@@ -1091,6 +1091,18 @@ fn http_gateway_options() {
     err_at(&m("long_polls_per_account = 0\n"), 5, 26, "between 1 and 1024");
     err_at(&m("workers = 0\n"), 5, 11, "between 1 and 256");
     err_at(
+        &m("upstream_ca = \"ca.pem\"\n"),
+        5,
+        15,
+        "needs an https:// upstream",
+    );
+    let https = "[[gateway.http]]\nlisten = \"127.0.0.1:8008\"\nupstream = \"https://hs.example:8448\"\nprotocol = \"matrix\"\n";
+    let c = ok(&format!("{https}upstream_ca = \"ca.pem\"\n"));
+    assert_eq!(
+        c.gateway.http[0].upstream_ca.as_deref(),
+        Some(std::path::Path::new("ca.pem"))
+    );
+    err_at(
         &m("[[gateway.http.rule]]\npath = \"/x\"\naction = \"teleport\"\n"),
         7,
         10,

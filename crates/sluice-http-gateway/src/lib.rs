@@ -95,15 +95,15 @@ pub enum GatewayError {
         /// What the system said.
         source: std::io::Error,
     },
-    /// An `https://` upstream (not supported yet: put the upstream on
-    /// loopback over plain HTTP).
-    #[error("upstream {0}: https upstreams are not supported yet; use http:// on a private address")]
-    HttpsUpstream(String),
+    /// The upstream's base URL cannot be used.
+    #[error("upstream {0}: {1}")]
+    Upstream(String, String),
 }
 
 /// How long connections may finish their requests at shutdown.
 const DRAIN: Duration = Duration::from_secs(30);
 /// Time a client has for the TLS handshake.
+#[cfg(feature = "tls")]
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Binds every `[[gateway.http]]` of `app`'s config, starts its workers

@@ -25,9 +25,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use sluice_config::{HttpGateway, HttpProtocol, UserIdentity};
 use sluice_core::{Decision, Engine, Mode, Reason, Request as Ask, Side, Target, Targets};
 use sluice_server::App;
@@ -61,8 +59,6 @@ pub(crate) struct Shared {
     pub app: App,
     pub cfg: HttpGateway,
     pub base: String,
-    /// The base's scheme and authority when it has no path.
-    pub origin: Option<(hyper::http::uri::Scheme, hyper::http::uri::Authority)>,
     pub appservices: HashMap<String, Target>,
     pub key: foldhash::quality::RandomState,
     /// Token hash → user (None: the upstream refused the token).
@@ -74,21 +70,15 @@ pub(crate) struct Shared {
     pub tls: bool,
 }
 
-type Pooled = Client<HttpConnector, ProxyBody>;
-
 /// One HTTP gateway: cheap to clone. The state (caches, counters, long-poll
-/// slots) is shared by every clone; the upstream client (its connection
-/// pool) is shared by clones, but each worker makes its own with
-/// [`Gateway::for_worker`], so a worker's requests never wait on another
-/// worker's runtime.
+/// slots) is shared by every clone; the upstream connections are shared by
+/// clones, but each worker makes its own with [`Gateway::for_worker`], so a
+/// worker's requests never wait on another worker's runtime.
 #[derive(Clone)]
 pub struct Gateway {
     pub(crate) shared: Arc<Shared>,
-    /// This worker's connections to the upstream, when its base is a bare
-    /// origin ([`crate::upstream`]).
-    own: Option<Upstream>,
-    /// hyper-util's pooled client, for a base with a path.
-    client: Pooled,
+    /// This worker's connections to the upstream ([`crate::upstream`]).
+    pub(crate) upstream: Upstream,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -126,14 +116,6 @@ impl Drop for LongPoll {
             }
         }
     }
-}
-
-/// Why a request could not be sent upstream.
-enum SendError {
-    /// Its target cannot be joined to the upstream's base.
-    Target,
-    /// The upstream could not be reached or failed.
-    Upstream(body::BoxError),
 }
 
 fn synthetic_denial(name: &'static str, retry: Duration) -> Decision {
@@ -202,26 +184,12 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
-/// A pooled HTTP/1 client for the upstream. Its connection tasks are
-/// spawned on the runtime that first uses it.
-fn upstream_client() -> Pooled {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .build(connector)
-}
-
 impl Gateway {
     /// A gateway for `cfg`, deciding with `app`'s engine. Reads the
     /// appservice token files.
     pub fn new(app: App, cfg: HttpGateway) -> Result<Self, GatewayError> {
         let base = cfg.upstream.trim_end_matches('/').to_owned();
-        if base.starts_with("https://") {
-            return Err(GatewayError::HttpsUpstream(base));
-        }
+        let upstream = Upstream::new(&base, cfg.upstream_ca.as_deref())?;
         let mut appservices = HashMap::new();
         for a in &cfg.appservices {
             let token = std::fs::read_to_string(&a.token_file)
@@ -239,32 +207,12 @@ impl Gateway {
             appservices.insert(token, target);
         }
         let tls = cfg.tls_cert.is_some();
-        let origin = base.parse::<Uri>().ok().and_then(|u| {
-            let bare = u.path_and_query().is_none_or(|p| p.as_str() == "/");
-            let parts = u.into_parts();
-            match (parts.scheme, parts.authority) {
-                (Some(s), Some(a)) if bare => Some((s, a)),
-                _ => None,
-            }
-        });
-        let own = match &origin {
-            Some((scheme, authority)) if scheme.as_str() == "http" => Uri::builder()
-                .scheme(scheme.clone())
-                .authority(authority.clone())
-                .path_and_query("/")
-                .build()
-                .ok()
-                .and_then(|u| Upstream::new(&u)),
-            _ => None,
-        };
         Ok(Self {
-            own,
-            client: upstream_client(),
+            upstream,
             shared: Arc::new(Shared {
                 app,
                 cfg,
                 base,
-                origin,
                 appservices,
                 key: foldhash::quality::RandomState::default(),
                 whoami: TtlCache::new(IDENTITY_CAPACITY, IDENTITY_TTL),
@@ -276,14 +224,13 @@ impl Gateway {
         })
     }
 
-    /// The same gateway with its own upstream client (connection pool), for
-    /// one worker: the pool's connection tasks then run on that worker's
-    /// runtime, next to the requests that use them.
+    /// The same gateway with its own upstream connections, for one worker:
+    /// their tasks then run on that worker's runtime, next to the requests
+    /// that use them.
     pub(crate) fn for_worker(&self) -> Self {
         Self {
             shared: self.shared.clone(),
-            own: self.own.as_ref().map(Upstream::fresh),
-            client: upstream_client(),
+            upstream: self.upstream.fresh(),
         }
     }
 
@@ -460,19 +407,10 @@ impl Gateway {
         let mut resp = match self.send(up_req).await {
             Ok((r, lent)) => {
                 // Back to the worker's stack once the answer has been sent.
-                if let Some(lent) = lent {
-                    held.push(Box::new(lent));
-                }
+                held.push(Box::new(lent));
                 r
             }
-            Err(SendError::Target) => {
-                return respond::upstream_error(
-                    self.protocol(),
-                    StatusCode::BAD_REQUEST,
-                    "unusable request target",
-                )
-            }
-            Err(SendError::Upstream(e)) => {
+            Err(e) => {
                 if let Some(d) = verdict.lock().unwrap_or_else(|p| p.into_inner()).take() {
                     return self.deny(&route, &d);
                 }
@@ -579,50 +517,17 @@ impl Gateway {
         Response::from_parts(parts, out_body)
     }
 
-    /// Sends `req` (as the client sent its target) to the upstream: on this
-    /// worker's own connections, or through the pooled client.
-    async fn send(
-        &self,
-        mut req: Request<ProxyBody>,
-    ) -> Result<(Response<Incoming>, Option<Lent>), SendError> {
-        match &self.own {
-            Some(own) => {
-                let pq = req
-                    .uri()
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
-                *req.uri_mut() = Uri::from(pq);
-                own.send(req)
-                    .await
-                    .map(|(r, l)| (r, Some(l)))
-                    .map_err(SendError::Upstream)
-            }
-            None => {
-                *req.uri_mut() = self.upstream_uri(req.uri()).ok_or(SendError::Target)?;
-                self.client
-                    .request(req)
-                    .await
-                    .map(|r| (r, None))
-                    .map_err(|e| SendError::Upstream(body::BoxError::new(e)))
-            }
-        }
-    }
-
-    /// The upstream's URI for a request's target: the base's scheme and
-    /// authority, the request's path and query.
-    fn upstream_uri(&self, target: &Uri) -> Option<Uri> {
-        let pq = target.path_and_query().map_or("/", |p| p.as_str());
-        match &self.shared.origin {
-            // The base is a bare origin: no text to format and parse again.
-            Some((scheme, authority)) => Uri::builder()
-                .scheme(scheme.clone())
-                .authority(authority.clone())
-                .path_and_query(pq)
-                .build()
-                .ok(),
-            None => format!("{}{pq}", self.shared.base).parse().ok(),
-        }
+    /// Sends `req` (as the client sent its target) to the upstream on this
+    /// worker's own connections.
+    async fn send(&self, mut req: Request<ProxyBody>) -> Result<(Response<Incoming>, Lent), body::BoxError> {
+        // Origin form (`/path?query`): the upstream's base has no path.
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(pq);
+        self.upstream.send(req).await
     }
 
     /// A charger for the route's byte action: each call checks `n` bytes.

@@ -135,6 +135,18 @@ impl Drop for Closed {
 impl Worker {
     /// Serves the connections handed over until the queue closes.
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Handoff>) {
+        // Idle upstream connections are also closed on a quiet worker (a
+        // busy one closes them as it takes and returns connections). The
+        // task ends with the runtime.
+        let upstream = self.gw.upstream.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::upstream::IDLE_TIMEOUT / 4);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                upstream.sweep();
+            }
+        });
         while let Some(Handoff { stream, peer, open }) = rx.recv().await {
             let closed = Closed(self.open.clone());
             let gw = self.gw.clone();

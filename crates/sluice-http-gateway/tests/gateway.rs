@@ -777,6 +777,41 @@ async fn tls_listener_serves_https() {
     assert!(text.contains("\"x-forwarded-proto\":\"https\""), "{text}");
 }
 
+/// An `https://` upstream with a private CA (`upstream_ca`): requests go
+/// through over TLS, on kept-alive connections.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn https_upstream_with_a_private_ca() {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+    let (up, seen) = common::start_upstream_with(Some(common::test_acceptor())).await;
+    let base = format!("https://localhost:{}", up.port());
+    let extra = format!("upstream_ca = \"{data}/localhost.pem\"\n");
+    let h = common::start_with(&base, seen, "matrix", "", &extra).await;
+    for _ in 0..3 {
+        let r = h.get("/_matrix/client/v3/capabilities", &[]).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    assert_eq!(h.seen.requests.load(Ordering::SeqCst), 3);
+}
+
+/// The upstream's certificate is verified: one from another CA, or one
+/// that does not name the host in the base URL, is refused (502, nothing
+/// reaches the upstream's handler).
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn https_upstream_certificates_are_verified() {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+    for (host, ca) in [("localhost", "other-ca.pem"), ("127.0.0.1", "localhost.pem")] {
+        let (up, seen) = common::start_upstream_with(Some(common::test_acceptor())).await;
+        let base = format!("https://{host}:{}", up.port());
+        let extra = format!("upstream_ca = \"{data}/{ca}\"\n");
+        let h = common::start_with(&base, seen, "matrix", "", &extra).await;
+        let r = h.get("/_matrix/client/v3/capabilities", &[]).await;
+        assert_eq!(r.status, 502, "{host} with {ca}: {:?}", r.body);
+        assert_eq!(h.seen.requests.load(Ordering::SeqCst), 0, "{host} with {ca}");
+    }
+}
+
 #[tokio::test]
 async fn made_up_tokens_cannot_flood_whoami() {
     let limits = "[limits.client.target]\nrequest = [{ rate = \"5/1h\", per = \"anonymous_ip\" }, { rate = \"1000/1h\", per = \"user\" }]\n";

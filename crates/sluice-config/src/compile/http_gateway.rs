@@ -17,6 +17,12 @@ impl Compiler<'_> {
             (None, Some(k)) => return Err(self.err(span_of(k), "tls_key needs tls_cert")),
             _ => {}
         }
+        let upstream_ca = r.upstream_ca.as_ref().map(|p| self.path(p)).transpose()?;
+        if let Some(ca) = &r.upstream_ca {
+            if !r.upstream.get_ref().starts_with("https://") {
+                return Err(self.err(span_of(ca), "upstream_ca needs an https:// upstream"));
+            }
+        }
         let mut appservices: Vec<AppserviceToken> = Vec::new();
         for a in &r.appservice {
             let a = a.get_ref();
@@ -90,6 +96,7 @@ impl Compiler<'_> {
         Ok(HttpGateway {
             listen,
             upstream: r.upstream.get_ref().clone(),
+            upstream_ca,
             protocol: r.protocol,
             tls_cert,
             tls_key,

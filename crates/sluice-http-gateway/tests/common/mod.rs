@@ -179,6 +179,37 @@ impl hyper::body::Body for Chunks {
 
 /// Starts the upstream; returns its address.
 pub async fn start_upstream() -> (SocketAddr, Arc<Seen>) {
+    start_upstream_with(None).await
+}
+
+/// The upstream's TLS acceptor: the test certificate for `localhost`.
+#[cfg(feature = "tls")]
+pub fn test_acceptor() -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{self, ServerConfig};
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+    let certs = CertificateDer::pem_file_iter(format!("{data}/localhost.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(format!("{data}/localhost.key")).unwrap();
+    let config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+#[cfg(feature = "tls")]
+type UpTls = Option<tokio_rustls::TlsAcceptor>;
+#[cfg(not(feature = "tls"))]
+type UpTls = Option<std::convert::Infallible>;
+
+/// Starts the upstream, over TLS when `tls` is given; returns its address.
+pub async fn start_upstream_with(tls: UpTls) -> (SocketAddr, Arc<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen {
@@ -195,12 +226,27 @@ pub async fn start_upstream() -> (SocketAddr, Arc<Seen>) {
                 return;
             };
             let s = s.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let s = s.clone();
                     async move { Ok::<_, Infallible>(upstream(req, s).await) }
                 });
-                let _ = http1::Builder::new()
+                let conn = http1::Builder::new();
+                #[cfg(feature = "tls")]
+                if let Some(acceptor) = tls {
+                    // A handshake the gateway refuses ends here.
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        let _ = conn
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .with_upgrades()
+                            .await;
+                    }
+                    return;
+                }
+                #[cfg(not(feature = "tls"))]
+                let _ = tls;
+                let _ = conn
                     .serve_connection(TokioIo::new(stream), svc)
                     .with_upgrades()
                     .await;
@@ -224,9 +270,14 @@ pub struct Harness {
 /// the gateway table, so `[[gateway.http.rule]]` etc. attach to it).
 pub async fn start(protocol: &str, head: &str, extra: &str) -> Harness {
     let (up, seen) = start_upstream().await;
+    start_with(&format!("http://{up}"), seen, protocol, head, extra).await
+}
+
+/// A gateway in front of the upstream at `upstream` (a base URL).
+pub async fn start_with(upstream: &str, seen: Arc<Seen>, protocol: &str, head: &str, extra: &str) -> Harness {
     let state = tempfile::tempdir().unwrap();
     let text = format!(
-        "[server]\nstate_dir = \"{}\"\n{head}\n[[gateway.http]]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{up}\"\nprotocol = \"{protocol}\"\n{extra}\n",
+        "[server]\nstate_dir = \"{}\"\n{head}\n[[gateway.http]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nprotocol = \"{protocol}\"\n{extra}\n",
         state.path().display()
     );
     let config = sluice_config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
