@@ -215,9 +215,13 @@ async fn accepted(
         Ok(slot) => slot,
         Err(d) => {
             // One answer in the protocol's form (a client library reads
-            // `retry_after_ms` from it), then close.
-            let mut stream = stream;
-            let _ = stream.write_all(&refusal(&gw, &d).await).await;
+            // `retry_after_ms` from it), then close. Not on a TLS listener:
+            // plain bytes would be garbage to a TLS client, and a handshake
+            // for every refused connection is the work the limit saves.
+            if acceptor.is_none() {
+                let mut stream = stream;
+                let _ = stream.write_all(&refusal(&gw, &d).await).await;
+            }
             return;
         }
     };

@@ -777,6 +777,51 @@ async fn tls_listener_serves_https() {
     assert!(text.contains("\"x-forwarded-proto\":\"https\""), "{text}");
 }
 
+/// A direct client over its per-address connection limit: on a plain
+/// listener one answer in the protocol's form, then the connection closes;
+/// on a TLS listener the connection closes before any handshake.
+#[tokio::test]
+async fn connections_over_the_limit_are_refused() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let limits = "[limits.client.target]\nconnection = \"1/1h\"\n";
+    let h = start("matrix", limits, "").await;
+    let mut first = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    first
+        .write_all(b"GET /_matrix/client/v3/capabilities HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    first.read_to_end(&mut out).await.unwrap();
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let mut second = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let mut out = Vec::new();
+    second.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 429"), "{text}");
+    assert!(
+        text.contains("M_LIMIT_EXCEEDED") && text.contains("retry_after_ms"),
+        "{text}"
+    );
+
+    #[cfg(feature = "tls")]
+    {
+        let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+        let extra = format!("tls_cert = \"{data}/localhost.pem\"\ntls_key = \"{data}/localhost.key\"\n");
+        let h = start("matrix", limits, &extra).await;
+        let _first = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        let mut second = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        // A ClientHello's first bytes; the answer is the end of the stream.
+        let _ = second.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05]).await;
+        let mut out = Vec::new();
+        let _ = second.read_to_end(&mut out).await;
+        assert!(out.is_empty(), "{} plain bytes on a TLS listener", out.len());
+    }
+}
+
 /// An `https://` upstream with a private CA (`upstream_ca`): requests go
 /// through over TLS, on kept-alive connections.
 #[cfg(feature = "tls")]
