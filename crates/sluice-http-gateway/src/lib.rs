@@ -40,6 +40,7 @@
 
 pub mod body;
 pub mod forwarded;
+mod h1;
 pub mod identity;
 mod proxy;
 pub mod respond;

@@ -32,6 +32,7 @@ use sluice_server::App;
 
 use crate::body::{self, Charger, Held, Metered, ProxyBody, Verdict};
 use crate::forwarded::{self, Origin};
+use crate::h1;
 use crate::identity::{self, Credential, TtlCache};
 use crate::respond;
 use crate::route::{self, Charge, Cost, Route};
@@ -407,7 +408,9 @@ impl Gateway {
         let mut resp = match self.send(up_req).await {
             Ok((r, lent)) => {
                 // Back to the worker's stack once the answer has been sent.
-                held.push(Box::new(lent));
+                if let Some(lent) = lent {
+                    held.push(Box::new(lent));
+                }
                 r
             }
             Err(e) => {
@@ -445,8 +448,7 @@ impl Gateway {
                 return Response::from_parts(parts, body::empty());
             }
         }
-        let (mut parts, incoming) = resp.into_parts();
-        let mut out_body: ProxyBody = incoming.map_err(body::BoxError::new).boxed();
+        let (mut parts, mut out_body) = resp.into_parts();
         let mut failure = false;
         if status == StatusCode::UNAUTHORIZED && route.matrix {
             // Registration and other user-interactive calls answer 401 with
@@ -519,7 +521,18 @@ impl Gateway {
 
     /// Sends `req` (as the client sent its target) to the upstream on this
     /// worker's own connections.
-    async fn send(&self, mut req: Request<ProxyBody>) -> Result<(Response<Incoming>, Lent), body::BoxError> {
+    ///
+    /// A `GET` or `HEAD` with no body takes the lean path ([`crate::h1`]);
+    /// the rest hyper's client, whose connection comes back as a [`Lent`]
+    /// to hold until the response body is done with.
+    async fn send(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> Result<(Response<ProxyBody>, Option<Lent>), body::BoxError> {
+        if h1::eligible(req.method(), req.headers()) {
+            let (parts, _empty) = req.into_parts();
+            return self.upstream.send_lean(&parts).await.map(|r| (r, None));
+        }
         // Origin form (`/path?query`): the upstream's base has no path.
         let pq = req
             .uri()
@@ -527,7 +540,8 @@ impl Gateway {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::from(pq);
-        self.upstream.send(req).await
+        let (resp, lent) = self.upstream.send(req).await?;
+        Ok((resp.map(|b| b.map_err(body::BoxError::new).boxed()), Some(lent)))
     }
 
     /// A charger for the route's byte action: each call checks `n` bytes.

@@ -1,5 +1,6 @@
 //! A worker's connections to the upstream: HTTP/1 keep-alive over TCP or
-//! TLS, one request at a time on each, kept in a stack with an idle timeout.
+//! TLS, one request at a time on each, kept in stacks with an idle timeout
+//! — one for hyper's client, one for the lean path ([`crate::h1`]).
 //!
 //! hyper-util's pooled client does the same job generally (any host, HTTP/2)
 //! and costs for it on every request: a pool checkout keyed by scheme and
@@ -11,18 +12,22 @@
 //! remote upstream may forget it silently; the upstream may time it out).
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, Uri};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::body::{BoxError, ProxyBody};
+use crate::h1;
 use crate::GatewayError;
 
 /// Time to connect to the upstream (and finish the TLS handshake).
@@ -88,6 +93,73 @@ impl<T> IdleStack<T> {
 
 type Idle = Arc<Mutex<IdleStack<SendRequest<ProxyBody>>>>;
 
+/// A connection to the upstream, plain or TLS.
+pub(crate) enum Stream {
+    Plain(tokio::net::TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "tls")]
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            #[cfg(feature = "tls")]
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            #[cfg(feature = "tls")]
+            Self::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "tls")]
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(feature = "tls")]
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 fn lock(idle: &Idle) -> std::sync::MutexGuard<'_, IdleStack<SendRequest<ProxyBody>>> {
     idle.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -110,7 +182,10 @@ pub(crate) struct Upstream {
     host: HeaderValue,
     #[cfg(feature = "tls")]
     tls: Option<Tls>,
+    /// Connections for hyper's client (requests with bodies, upgrades).
     idle: Idle,
+    /// Connections for the lean path ([`crate::h1`]: `GET` and `HEAD`).
+    lean: h1::Pool<Stream>,
 }
 
 /// A connection lent to one request: it goes back to the stack when
@@ -175,6 +250,7 @@ impl Upstream {
             #[cfg(feature = "tls")]
             tls,
             idle: Arc::default(),
+            lean: Arc::default(),
         })
     }
 
@@ -182,6 +258,7 @@ impl Upstream {
     pub(crate) fn fresh(&self) -> Self {
         Self {
             idle: Arc::default(),
+            lean: Arc::default(),
             ..self.clone()
         }
     }
@@ -190,9 +267,12 @@ impl Upstream {
     /// calls this periodically, so a quiet worker does not hold them until
     /// its next request. Returns the connections still idle.
     pub(crate) fn sweep(&self) -> usize {
+        let now = Instant::now();
         let mut idle = lock(&self.idle);
-        idle.expire(Instant::now());
-        idle.len()
+        idle.expire(now);
+        let mut lean = self.lean.lock().unwrap_or_else(|p| p.into_inner());
+        lean.expire(now);
+        idle.len() + lean.len()
     }
 
     fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
@@ -200,6 +280,11 @@ impl Upstream {
     }
 
     async fn connect(&self) -> Result<SendRequest<ProxyBody>, BoxError> {
+        handshake(self.dial().await?).await
+    }
+
+    /// A new connection to the upstream, through TLS for `https://`.
+    async fn dial(&self) -> Result<Stream, BoxError> {
         let timed_out = || BoxError::new(std::io::Error::from(std::io::ErrorKind::TimedOut));
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         let stream = tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(&*self.addr))
@@ -213,9 +298,47 @@ impl Upstream {
                 .await
                 .map_err(|_| timed_out())?
                 .map_err(BoxError::new)?;
-            return handshake(stream).await;
+            return Ok(Stream::Tls(Box::new(stream)));
         }
-        handshake(stream).await
+        Ok(Stream::Plain(stream))
+    }
+
+    /// Sends a `GET` or `HEAD` with no body ([`h1::eligible`]) the lean way
+    /// ([`crate::h1`]): on this worker's most recently used connection or a
+    /// new one. An idle connection the upstream closed before answering is
+    /// replaced once (the method is idempotent). The connection goes back
+    /// to the stack when the response body has been read to its end.
+    pub(crate) async fn send_lean(
+        &self,
+        parts: &hyper::http::request::Parts,
+    ) -> Result<Response<ProxyBody>, BoxError> {
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut head = Vec::with_capacity(512);
+        if parts.headers.contains_key(header::HOST) {
+            h1::encode_head(&parts.method, target, &parts.headers, &mut head);
+        } else {
+            let mut headers = parts.headers.clone();
+            headers.insert(header::HOST, self.host.clone());
+            h1::encode_head(&parts.method, target, &headers, &mut head);
+        }
+        let head_only = parts.method == hyper::Method::HEAD;
+        let mut retried = false;
+        loop {
+            let kept = self
+                .lean
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop(Instant::now(), |_| true);
+            let (conn, reused) = match kept {
+                Some(c) => (c, true),
+                None => (h1::Conn::new(self.dial().await?), false),
+            };
+            match h1::exchange(conn, &head, head_only, Some(self.lean.clone())).await {
+                Ok(resp) => return Ok(resp.map(|b| b.boxed())),
+                Err(h1::ExchangeError::Stale(_)) if reused && !retried => retried = true,
+                Err(h1::ExchangeError::Stale(e) | h1::ExchangeError::Failed(e)) => return Err(e),
+            }
+        }
     }
 
     /// Sends `req` (its URI in origin form, `/path?query`) on an idle

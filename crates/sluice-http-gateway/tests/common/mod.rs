@@ -343,10 +343,28 @@ impl Harness {
     }
 
     async fn finish(&self, req: Request<UpBody>) -> Reply {
+        match self.try_finish(req).await {
+            Ok(r) => r,
+            Err(e) => panic!("request failed: {e}"),
+        }
+    }
+
+    /// A GET that may fail (the gateway may close before answering).
+    pub async fn try_get(&self, path: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+        let mut b = Request::builder()
+            .method("GET")
+            .uri(format!("{}{path}", self.url));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.try_finish(b.body(Full::new(Bytes::new()).boxed()).unwrap())
+            .await
+    }
+
+    async fn try_finish(&self, req: Request<UpBody>) -> Result<Reply, String> {
         let resp = match self.client.request(req).await {
             Ok(r) => r,
-            // The gateway may answer before reading the whole body and close.
-            Err(e) => panic!("request failed: {e:?}"),
+            Err(e) => return Err(format!("{e:?}")),
         };
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
@@ -356,11 +374,11 @@ impl Harness {
             .await
             .map(|c| c.to_bytes())
             .unwrap_or_default();
-        Reply {
+        Ok(Reply {
             status,
             headers,
             body,
-        }
+        })
     }
 
     /// Waits until `n` requests are held by the upstream.

@@ -1,0 +1,680 @@
+//! A lean HTTP/1.1 exchange with the upstream for the common request: a
+//! `GET` or `HEAD` with no body and no upgrade (Matrix `/sync`,
+//! `/messages`, media downloads, JMAP downloads; the benchmark's request).
+//!
+//! hyper's client runs each connection as a task of its own and hands every
+//! request to it over a channel and every response back over another: two
+//! task wake-ups, two channel operations and a second copy of hyper's
+//! dispatcher per request, about a quarter of the gateway's user-space CPU
+//! per proxied request in `perf` (docs/benchmarks.md, "HTTP gateway"). Here
+//! the request's own task writes the head and parses the answer
+//! (`httparse`, which hyper uses too), and the response body reads the
+//! connection as the client takes it — no task, no channel. Everything else
+//! (request bodies, upgrades, other methods) keeps hyper's client, which
+//! also handles an upstream answering before it has read a whole upload.
+//!
+//! Framing follows RFC 9112 §6.3: no body for `HEAD`, 1xx, 204 and 304;
+//! chunked when `Transfer-Encoding` ends in `chunked` (trailers are read
+//! and dropped); `Content-Length` when given (conflicting values are an
+//! error); otherwise until the upstream closes. A connection goes back to
+//! the worker's stack only when its body was read to the end, the answer
+//! was HTTP/1.1 without `Connection: close`, and nothing followed it.
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf as _, BytesMut};
+use hyper::body::{Body, Bytes, Frame, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::time::Instant;
+
+use crate::body::BoxError;
+use crate::upstream::IdleStack;
+
+/// Largest response head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in a response head.
+const MAX_HEADERS: usize = 128;
+/// Largest chunk-size line or trailer line.
+const MAX_LINE: usize = 4 * 1024;
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A connection and what was read from it but not yet used.
+pub(crate) struct Conn<T> {
+    io: T,
+    buf: BytesMut,
+}
+
+impl<T> Conn<T> {
+    /// A connection with nothing read yet.
+    pub(crate) fn new(io: T) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+}
+
+/// Where finished connections go back (a worker's idle stack).
+pub(crate) type Pool<T> = Arc<Mutex<IdleStack<Conn<T>>>>;
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub(crate) enum ExchangeError {
+    /// The connection closed before a single byte of answer: a kept-alive
+    /// connection the upstream had closed meanwhile. Safe to send again
+    /// on a new connection (the lean path carries only `GET` and `HEAD`).
+    Stale(BoxError),
+    /// Anything else: the exchange is lost.
+    Failed(BoxError),
+}
+
+fn io_error(kind: std::io::ErrorKind, why: &'static str) -> BoxError {
+    BoxError::new(std::io::Error::new(kind, why))
+}
+
+fn invalid(why: &'static str) -> BoxError {
+    io_error(std::io::ErrorKind::InvalidData, why)
+}
+
+/// Whether a request may take the lean path: `GET` or `HEAD`, no body
+/// (`Content-Length` absent or 0, no `Transfer-Encoding`), no upgrade.
+pub(crate) fn eligible(method: &Method, headers: &HeaderMap) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && !headers.contains_key(header::TRANSFER_ENCODING)
+        && !headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .all(|v| v.as_bytes() == b"0")
+}
+
+/// The request head: `METHOD target HTTP/1.1`, the fields, a blank line.
+pub(crate) fn encode_head(method: &Method, target: &str, headers: &HeaderMap, out: &mut Vec<u8>) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the response body is delimited, and how far it has been read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes still to come.
+    Length(u64),
+    /// Chunked, in this state.
+    Chunked(Chunk),
+    /// Until the upstream closes.
+    Eof,
+    /// Read to the end.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// This many bytes of chunk data still to come.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// Reading trailer lines until a blank one.
+    Trailers,
+}
+
+/// The response body: reads the connection as it is polled.
+pub(crate) struct LeanBody<T> {
+    conn: Option<Conn<T>>,
+    framing: Framing,
+    keep_alive: bool,
+    pool: Option<Pool<T>>,
+}
+
+/// Sends `head` on `conn` and reads the response head. `head_only`: the
+/// request was `HEAD` (no body follows whatever the fields say). The body
+/// returns the connection to `pool` when it has been read to the end.
+pub(crate) async fn exchange<T>(
+    mut conn: Conn<T>,
+    head: &[u8],
+    head_only: bool,
+    pool: Option<Pool<T>>,
+) -> Result<Response<LeanBody<T>>, ExchangeError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    conn.io
+        .write_all(head)
+        .await
+        .map_err(|e| ExchangeError::Stale(BoxError::new(e)))?;
+    let mut received = false;
+    loop {
+        if !conn.buf.is_empty() {
+            match parse_head(&conn.buf).map_err(ExchangeError::Failed)? {
+                Some(Parsed::Interim(n)) => {
+                    // 100 Continue, 103 Early Hints: not forwarded.
+                    conn.buf.advance(n);
+                    continue;
+                }
+                Some(Parsed::Final(n, status, headers, http11)) => {
+                    conn.buf.advance(n);
+                    return respond(conn, status, headers, http11, head_only, pool)
+                        .map_err(ExchangeError::Failed);
+                }
+                None if conn.buf.len() > MAX_HEAD => {
+                    return Err(ExchangeError::Failed(invalid("upstream response head too large")))
+                }
+                None => {}
+            }
+        }
+        conn.buf.reserve(READ_CHUNK);
+        match conn.io.read_buf(&mut conn.buf).await {
+            Ok(0) | Err(_) if !received => {
+                return Err(ExchangeError::Stale(io_error(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "upstream closed the connection before answering",
+                )))
+            }
+            Ok(0) => {
+                return Err(ExchangeError::Failed(io_error(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "upstream closed the connection in the response head",
+                )))
+            }
+            Ok(_) => received = true,
+            Err(e) => return Err(ExchangeError::Failed(BoxError::new(e))),
+        }
+    }
+}
+
+enum Parsed {
+    /// A 1xx answer of this many bytes, to skip.
+    Interim(usize),
+    /// The final answer: head length, status, fields, whether HTTP/1.1.
+    Final(usize, StatusCode, HeaderMap, bool),
+}
+
+/// Parses a response head from `buf`: `None` if incomplete.
+fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, BoxError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let n = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(invalid("malformed upstream response head")),
+    };
+    let code = resp.code.unwrap_or(0);
+    if (100..200).contains(&code) {
+        if code == 101 {
+            // Never asked for: upgrades take hyper's client.
+            return Err(invalid("unexpected 101 from the upstream"));
+        }
+        return Ok(Some(Parsed::Interim(n)));
+    }
+    let status = StatusCode::from_u16(code).map_err(|_| invalid("invalid upstream status"))?;
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    for f in resp.headers.iter() {
+        let name =
+            HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| invalid("invalid upstream header name"))?;
+        let value = HeaderValue::from_bytes(f.value).map_err(|_| invalid("invalid upstream header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some(Parsed::Final(n, status, headers, resp.version == Some(1))))
+}
+
+/// Whether a comma-separated field (all its lines) holds `token`.
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn respond<T>(
+    conn: Conn<T>,
+    status: StatusCode,
+    headers: HeaderMap,
+    http11: bool,
+    head_only: bool,
+    pool: Option<Pool<T>>,
+) -> Result<Response<LeanBody<T>>, BoxError> {
+    let framing = if head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Done
+    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Chunked only when it is the last coding; otherwise the body runs
+        // until the connection closes (RFC 9112 §6.3).
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|t| !t.is_empty());
+        if last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+            Framing::Chunked(Chunk::Size)
+        } else {
+            Framing::Eof
+        }
+    } else {
+        let mut length: Option<u64> = None;
+        for v in headers.get_all(header::CONTENT_LENGTH) {
+            for part in v
+                .to_str()
+                .map_err(|_| invalid("invalid upstream Content-Length"))?
+                .split(',')
+            {
+                let n = part
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| invalid("invalid upstream Content-Length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(invalid("conflicting upstream Content-Length"));
+                }
+                length = Some(n);
+            }
+        }
+        match length {
+            Some(0) => Framing::Done,
+            Some(n) => Framing::Length(n),
+            None => Framing::Eof,
+        }
+    };
+    let keep_alive = http11 && framing != Framing::Eof && !has_token(&headers, &header::CONNECTION, "close");
+    let mut body = LeanBody {
+        conn: Some(conn),
+        framing,
+        keep_alive,
+        pool,
+    };
+    if body.framing == Framing::Done {
+        body.finish();
+    }
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+impl<T> LeanBody<T> {
+    /// The body has been read to the end: the connection goes back to the
+    /// pool if it can carry another exchange.
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        let Some(conn) = self.conn.take() else { return };
+        if !self.keep_alive || !conn.buf.is_empty() {
+            return;
+        }
+        if let Some(pool) = &self.pool {
+            pool.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn, Instant::now());
+        }
+    }
+
+    /// Takes up to `max` buffered bytes as a data frame.
+    fn take(&mut self, max: u64) -> Option<Bytes> {
+        let conn = self.conn.as_mut()?;
+        if conn.buf.is_empty() {
+            return None;
+        }
+        let n = usize::try_from(max).unwrap_or(usize::MAX).min(conn.buf.len());
+        Some(conn.buf.split_to(n).freeze())
+    }
+}
+
+impl<T: AsyncRead + Unpin> LeanBody<T> {
+    /// Reads more from the connection: the number of bytes read (0: the
+    /// upstream closed it).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, BoxError>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        conn.buf.reserve(READ_CHUNK);
+        let read = conn.io.read_buf(&mut conn.buf);
+        tokio::pin!(read);
+        read.poll(cx).map_err(BoxError::new)
+    }
+
+    /// Fails unless more bytes came: a body cut short is an error, not an end.
+    fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match ready!(self.poll_fill(cx)) {
+            Ok(0) => {
+                self.framing = Framing::Done;
+                self.conn = None;
+                Poll::Ready(Err(io_error(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "upstream closed the connection mid-body",
+                )))
+            }
+            Ok(_) => Poll::Ready(Ok(())),
+            Err(e) => {
+                self.framing = Framing::Done;
+                self.conn = None;
+                Poll::Ready(Err(e))
+            }
+        }
+    }
+
+    fn buffered(&self) -> &[u8] {
+        self.conn.as_ref().map_or(&[][..], |c| &c.buf[..])
+    }
+
+    fn advance(&mut self, n: usize) {
+        if let Some(c) = self.conn.as_mut() {
+            c.buf.advance(n);
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> Body for LeanBody<T> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            match this.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(0) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(n) => {
+                    if let Some(data) = this.take(n) {
+                        this.framing = Framing::Length(n - data.len() as u64);
+                        if this.framing == Framing::Length(0) {
+                            this.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    if let Err(e) = ready!(this.poll_more(cx)) {
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+                Framing::Eof => {
+                    if let Some(data) = this.take(u64::MAX) {
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    match ready!(this.poll_fill(cx)) {
+                        Ok(0) => {
+                            this.finish();
+                            return Poll::Ready(None);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            this.framing = Framing::Done;
+                            this.conn = None;
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
+                }
+                Framing::Chunked(state) => match step(state, this.buffered()) {
+                    Ok(Step::More) => {
+                        if this.buffered().len() > MAX_LINE && matches!(state, Chunk::Size | Chunk::Trailers)
+                        {
+                            this.framing = Framing::Done;
+                            this.conn = None;
+                            return Poll::Ready(Some(Err(invalid("upstream chunk line too long"))));
+                        }
+                        if let Err(e) = ready!(this.poll_more(cx)) {
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
+                    Ok(Step::Skip(n, next)) => {
+                        this.advance(n);
+                        match next {
+                            Some(s) => this.framing = Framing::Chunked(s),
+                            None => this.finish(),
+                        }
+                    }
+                    Ok(Step::Data(left)) => {
+                        if let Some(data) = this.take(left) {
+                            let rest = left - data.len() as u64;
+                            this.framing = Framing::Chunked(if rest == 0 {
+                                Chunk::DataEnd
+                            } else {
+                                Chunk::Data(rest)
+                            });
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        if let Err(e) = ready!(this.poll_more(cx)) {
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
+                    Err(e) => {
+                        this.framing = Framing::Done;
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// What the chunked decoder does next with the buffered bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Needs more bytes.
+    More,
+    /// Drop this many bytes, then be in this state (`None`: the body ended).
+    Skip(usize, Option<Chunk>),
+    /// Pass on up to this many bytes of chunk data.
+    Data(u64),
+}
+
+/// One step of the chunked decoder in `state` over `buf`.
+fn step(state: Chunk, buf: &[u8]) -> Result<Step, BoxError> {
+    match state {
+        Chunk::Size => match httparse::parse_chunk_size(buf) {
+            Ok(httparse::Status::Complete((n, 0))) => Ok(Step::Skip(n, Some(Chunk::Trailers))),
+            Ok(httparse::Status::Complete((n, size))) => Ok(Step::Skip(n, Some(Chunk::Data(size)))),
+            Ok(httparse::Status::Partial) => Ok(Step::More),
+            Err(_) => Err(invalid("malformed upstream chunk size")),
+        },
+        Chunk::Data(left) => Ok(Step::Data(left)),
+        Chunk::DataEnd => match buf {
+            [b'\r', b'\n', ..] => Ok(Step::Skip(2, Some(Chunk::Size))),
+            [] | [b'\r'] => Ok(Step::More),
+            _ => Err(invalid("malformed upstream chunk end")),
+        },
+        Chunk::Trailers => match buf.windows(2).position(|w| w == b"\r\n") {
+            // A blank line ends the body; a trailer line is dropped.
+            Some(0) => Ok(Step::Skip(2, None)),
+            Some(i) => Ok(Step::Skip(i + 2, Some(Chunk::Trailers))),
+            None => Ok(Step::More),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+    use tokio::io::duplex;
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+
+    /// One exchange against `answer` written by the far end; the body, and
+    /// whether the connection went back to the pool.
+    async fn run(answer: &[u8], head_only: bool) -> (Result<(StatusCode, HeaderMap, Bytes), String>, usize) {
+        let (near, mut far) = duplex(1 << 20);
+        let pool: Pool<tokio::io::DuplexStream> = Arc::default();
+        let answer = answer.to_vec();
+        let writer = tokio::spawn(async move {
+            let mut seen = vec![0u8; GET.len()];
+            far.read_exact(&mut seen).await.unwrap();
+            assert_eq!(seen, GET);
+            // Two writes, split inside the head, to exercise partial reads.
+            let cut = answer.len().min(7);
+            far.write_all(&answer[..cut]).await.unwrap();
+            far.write_all(&answer[cut..]).await.unwrap();
+            // Closing is the end of an EOF-delimited body.
+        });
+        let out = match exchange(Conn::new(near), GET, head_only, Some(pool.clone())).await {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                match body.collect().await {
+                    Ok(c) => Ok((parts.status, parts.headers, c.to_bytes())),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Err(ExchangeError::Stale(e)) => Err(format!("stale: {e}")),
+            Err(ExchangeError::Failed(e)) => Err(e.to_string()),
+        };
+        writer.await.unwrap();
+        let kept = pool.lock().unwrap().len();
+        (out, kept)
+    }
+
+    #[tokio::test]
+    async fn content_length_bodies_and_reuse() {
+        let (r, kept) = run(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello",
+            false,
+        )
+        .await;
+        let (status, headers, body) = r.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(headers["x-a"], "1");
+        assert_eq!(body, "hello");
+        assert_eq!(kept, 1, "a complete keep-alive answer returns its connection");
+        let (r, kept) = run(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+            false,
+        )
+        .await;
+        assert_eq!(r.unwrap().2, "hello");
+        assert_eq!(kept, 0, "Connection: close");
+        let (r, kept) = run(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi", false).await;
+        assert_eq!(r.unwrap().2, "hi");
+        assert_eq!(kept, 0, "HTTP/1.0");
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_with_extensions_and_trailers() {
+        let (r, kept) = run(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n",
+            false,
+        )
+        .await;
+        assert_eq!(r.unwrap().2, "hello world");
+        assert_eq!(kept, 1);
+        let (r, _) = run(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            false,
+        )
+        .await;
+        assert!(r.is_err(), "a bad chunk size is an error");
+        let (r, _) = run(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+            false,
+        )
+        .await;
+        assert!(r.is_err(), "data must end in CRLF");
+    }
+
+    #[tokio::test]
+    async fn bodies_until_close_and_no_bodies() {
+        let (r, kept) = run(b"HTTP/1.1 200 OK\r\n\r\nall of it", false).await;
+        assert_eq!(r.unwrap().2, "all of it");
+        assert_eq!(kept, 0, "a body delimited by close cannot be followed");
+        let (r, kept) = run(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).await;
+        assert_eq!(r.unwrap().2, "", "HEAD: no body whatever the length says");
+        assert_eq!(kept, 1);
+        let (r, kept) = run(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false).await;
+        assert_eq!(r.unwrap().0, 304);
+        assert_eq!(kept, 1);
+        let (r, _) = run(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+            false,
+        )
+        .await;
+        assert_eq!(r.unwrap().0, 204, "1xx answers are skipped");
+    }
+
+    #[tokio::test]
+    async fn bad_answers_are_errors() {
+        let (r, _) = run(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            false,
+        )
+        .await;
+        assert!(r.unwrap_err().contains("conflicting"));
+        let (r, _) = run(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", false).await;
+        assert!(r.unwrap_err().contains("mid-body"));
+        let (r, _) = run(b"NOT HTTP\r\n\r\n", false).await;
+        assert!(r.unwrap_err().contains("malformed"));
+        let (r, _) = run(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false).await;
+        assert!(r.is_err());
+        let (r, _) = run(b"", false).await;
+        assert!(
+            r.unwrap_err().starts_with("stale"),
+            "no answer at all: safe to send again"
+        );
+    }
+
+    #[test]
+    fn only_bodiless_gets_and_heads_are_eligible() {
+        let mut h = HeaderMap::new();
+        assert!(eligible(&Method::GET, &h));
+        assert!(eligible(&Method::HEAD, &h));
+        assert!(!eligible(&Method::POST, &h));
+        assert!(!eligible(&Method::DELETE, &h));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        assert!(eligible(&Method::GET, &h));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        assert!(!eligible(&Method::GET, &h));
+        let mut h = HeaderMap::new();
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert!(!eligible(&Method::GET, &h));
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(!eligible(&Method::GET, &h));
+    }
+
+    #[test]
+    fn heads_are_encoded_as_sent() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("hs.example"));
+        h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        let mut out = Vec::new();
+        encode_head(&Method::GET, "/_matrix/client/v3/sync?since=s1", &h, &mut out);
+        assert_eq!(
+            out,
+            b"GET /_matrix/client/v3/sync?since=s1 HTTP/1.1\r\nhost: hs.example\r\nx-forwarded-for: 203.0.113.7\r\n\r\n"
+        );
+    }
+}
