@@ -10,7 +10,7 @@ use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::settings::{HttpProtocol, OnError, ProxyVersion, StoreKind, UserIdentity};
+use crate::settings::{HttpProtocol, OnError, ProxyVersion, RealIpHeader, StoreKind, UserIdentity};
 
 type S<T> = Spanned<T>;
 /// A table of user-named keys (actions), values spanned.
@@ -256,6 +256,7 @@ pub(crate) struct RawHttp {
     pub tls_cert: Option<S<String>>,
     pub tls_key: Option<S<String>>,
     pub user_identity: Option<UserIdentity>,
+    pub real_ip_header: Option<RealIpHeader>,
     #[serde(default)]
     pub appservice: Vec<S<RawAppservice>>,
     #[serde(default)]

@@ -274,6 +274,8 @@ pub struct HttpGateway {
     pub tls_key: Option<PathBuf>,
     /// How an access token becomes a user target.
     pub user_identity: UserIdentity,
+    /// The header trusted proxies write the client's address into.
+    pub real_ip_header: RealIpHeader,
     /// Application services known by their tokens (`[[gateway.http.appservice]]`).
     pub appservices: Vec<AppserviceToken>,
     /// Method and path rules, tried before the protocol's own table
@@ -286,6 +288,21 @@ pub struct HttpGateway {
     /// single-threaded runtime and upstream connections; `None`: one per
     /// core.
     pub workers: Option<u16>,
+}
+
+/// The header a trusted proxy in front of an HTTP gateway writes the
+/// client's address into. Only that one is read: a proxy passes the other
+/// through as the client sent it (nginx's `proxy_add_x_forwarded_for`,
+/// Caddy and HAProxy append to `X-Forwarded-For` and leave a `Forwarded`
+/// alone), so reading both would let a client choose its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RealIpHeader {
+    /// `X-Forwarded-For` (the default: what the usual proxies write).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded` (`for=` parameters).
+    Forwarded,
 }
 
 /// How an HTTP gateway turns an access token into a user target.

@@ -1102,6 +1102,9 @@ fn http_gateway_options() {
         c.gateway.http[0].upstream_ca.as_deref(),
         Some(std::path::Path::new("ca.pem"))
     );
+    let c = ok(&m("real_ip_header = \"forwarded\"\n"));
+    assert_eq!(c.gateway.http[0].real_ip_header, crate::RealIpHeader::Forwarded);
+    err_at(&m("real_ip_header = \"x-real-ip\"\n"), 5, 18, "unknown variant");
     err_at(
         &m("[[gateway.http.rule]]\npath = \"/x\"\naction = \"teleport\"\n"),
         7,

@@ -1,6 +1,9 @@
 //! The client's address: the socket peer, or — only when the peer is a
-//! trusted proxy — what `Forwarded` (RFC 7239) or `X-Forwarded-For` says,
-//! walked right to left past trusted proxies.
+//! trusted proxy — what the header that proxy writes says (`X-Forwarded-For`
+//! by default, or RFC 7239 `Forwarded`: `real_ip_header`), walked right to
+//! left past trusted proxies. Only that one header is read: proxies append
+//! to the header they write and pass the other one through as the client
+//! sent it, so a client could choose its address through the other.
 //!
 //! Each proxy appends the address it received the request from, so the
 //! right end of the chain is the most trustworthy: the peer wrote the last
@@ -16,8 +19,9 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use hyper::header::{HeaderMap, HeaderValue};
+use hyper::header::HeaderMap;
 use ipnet::IpNet;
+use sluice_config::RealIpHeader;
 use sluice_core::target::canonical_ip;
 
 /// Entries read from forwarding headers at most; longer chains are cut at
@@ -156,26 +160,20 @@ pub fn parse_forwarded(value: &str, out: &mut Vec<Hop>) {
     }
 }
 
-/// The chain the headers of a request carry, left to right: `Forwarded` if
-/// there is one (it is the standard), else `X-Forwarded-For`. At most
-/// [`MAX_HOPS`] entries, the rightmost kept.
-pub fn hops(headers: &HeaderMap) -> Vec<Hop> {
+/// The chain a request's `from` header carries, left to right (the other
+/// header is not read: see [`RealIpHeader`]). At most [`MAX_HOPS`]
+/// entries, the rightmost kept.
+pub fn hops(headers: &HeaderMap, from: RealIpHeader) -> Vec<Hop> {
     let mut out = Vec::new();
-    let forwarded: Vec<&HeaderValue> = headers.get_all("forwarded").iter().collect();
-    if forwarded.is_empty() {
-        for v in headers.get_all("x-forwarded-for") {
-            // Non-UTF-8 bytes make the value unreadable: one unknown hop.
-            match v.to_str() {
-                Ok(s) => parse_xff(s, &mut out),
-                Err(_) => out.push(Hop::Unknown),
-            }
-        }
-    } else {
-        for v in forwarded {
-            match v.to_str() {
-                Ok(s) => parse_forwarded(s, &mut out),
-                Err(_) => out.push(Hop::Unknown),
-            }
+    let (name, parse): (&str, fn(&str, &mut Vec<Hop>)) = match from {
+        RealIpHeader::XForwardedFor => ("x-forwarded-for", parse_xff),
+        RealIpHeader::Forwarded => ("forwarded", parse_forwarded),
+    };
+    for v in headers.get_all(name) {
+        // Non-UTF-8 bytes make the value unreadable: one unknown hop.
+        match v.to_str() {
+            Ok(s) => parse(s, &mut out),
+            Err(_) => out.push(Hop::Unknown),
         }
     }
     if out.len() > MAX_HOPS {
@@ -184,8 +182,9 @@ pub fn hops(headers: &HeaderMap) -> Vec<Hop> {
     out
 }
 
-/// Resolves the client of a request that arrived from `peer`.
-pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Origin {
+/// Resolves the client of a request that arrived from `peer`, reading the
+/// chain from the `from` header when the peer is a trusted proxy.
+pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet], from: RealIpHeader) -> Origin {
     let peer = canonical_ip(peer);
     let is_trusted = |a: &IpAddr| trusted.iter().any(|n| n.contains(a));
     if !is_trusted(&peer) {
@@ -194,7 +193,7 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Origin {
             chain: vec![peer],
         };
     }
-    walk(peer, &hops(headers), is_trusted)
+    walk(peer, &hops(headers, from), is_trusted)
 }
 
 /// The walk itself, for a chain already parsed (and for property tests).
@@ -289,7 +288,10 @@ pub fn fuzz(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::HeaderValue;
     use proptest::prelude::*;
+
+    const XFF: RealIpHeader = RealIpHeader::XForwardedFor;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("test address")
@@ -359,7 +361,7 @@ mod tests {
     #[test]
     fn untrusted_peer_headers_are_ignored() {
         let h = headers(&[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=5.6.7.8")]);
-        let o = resolve(ip("203.0.113.7"), &h, &trusted());
+        let o = resolve(ip("203.0.113.7"), &h, &trusted(), XFF);
         assert_eq!(o.client, ip("203.0.113.7"));
         assert_eq!(o.x_forwarded_for(), "203.0.113.7");
     }
@@ -372,7 +374,7 @@ mod tests {
             ("x-forwarded-for", "6.6.6.6, 198.51.100.1"),
             ("x-forwarded-for", "10.0.0.2"),
         ]);
-        let o = resolve(ip("10.0.0.1"), &h, &trusted());
+        let o = resolve(ip("10.0.0.1"), &h, &trusted(), XFF);
         assert_eq!(o.client, ip("198.51.100.1"));
         assert_eq!(o.chain, vec![ip("198.51.100.1"), ip("10.0.0.2"), ip("10.0.0.1")]);
         assert_eq!(o.x_forwarded_for(), "198.51.100.1, 10.0.0.2, 10.0.0.1");
@@ -383,28 +385,46 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_wins_over_xff() {
+    fn only_the_named_header_is_read() {
+        // The proxy writes one header and passes the other through as the
+        // client made it up.
         let h = headers(&[
-            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "198.51.100.1"),
             ("forwarded", "for=\"[2001:db8::5]:1\""),
         ]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &trusted()).client, ip("2001:db8::5"));
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &trusted(), XFF).client,
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &trusted(), RealIpHeader::Forwarded).client,
+            ip("2001:db8::5")
+        );
+        // The named header absent: the peer itself, whatever the other says.
+        let h = headers(&[("forwarded", "for=6.6.6.6")]);
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &trusted(), XFF).client,
+            ip("10.0.0.1")
+        );
     }
 
     #[test]
     fn unknown_hop_stops_at_the_last_trusted_proxy() {
         let h = headers(&[("forwarded", "for=1.2.3.4, for=unknown, for=10.9.9.9")]);
-        let o = resolve(ip("10.0.0.1"), &h, &trusted());
+        let o = resolve(ip("10.0.0.1"), &h, &trusted(), RealIpHeader::Forwarded);
         assert_eq!(o.client, ip("10.9.9.9"));
     }
 
     #[test]
     fn all_trusted_means_the_leftmost() {
         let h = headers(&[("x-forwarded-for", "10.1.1.1, 10.2.2.2")]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &trusted()).client, ip("10.1.1.1"));
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &trusted(), XFF).client,
+            ip("10.1.1.1")
+        );
         // No header from a trusted peer: the peer itself.
         assert_eq!(
-            resolve(ip("10.0.0.1"), &HeaderMap::new(), &trusted()).client,
+            resolve(ip("10.0.0.1"), &HeaderMap::new(), &trusted(), XFF).client,
             ip("10.0.0.1")
         );
     }
@@ -413,7 +433,7 @@ mod tests {
     fn long_chains_are_cut_at_the_client_end() {
         let long = vec!["10.3.3.3"; 500].join(",");
         let h = headers(&[("x-forwarded-for", &long)]);
-        assert_eq!(hops(&h).len(), MAX_HOPS);
+        assert_eq!(hops(&h, XFF).len(), MAX_HOPS);
     }
 
     proptest! {
@@ -454,7 +474,7 @@ mod tests {
                 parts.push(format!("10.0.0.{}", i + 10));
             }
             let h = headers(&[("x-forwarded-for", &parts.join(", "))]);
-            let o = resolve(ip("10.0.0.1"), &h, &trusted());
+            let o = resolve(ip("10.0.0.1"), &h, &trusted(), XFF);
             prop_assert_eq!(o.client, real);
             prop_assert_eq!(o.chain.len(), proxies + 2);
         }

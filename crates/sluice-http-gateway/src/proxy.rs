@@ -139,7 +139,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -148,7 +148,13 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
 ];
+
+/// Fields a `Connection` list cannot remove: what the upstream must see
+/// as sluice saw it (the host, the credentials identity came from, the
+/// body's length).
+const END_TO_END: [HeaderName; 3] = [header::HOST, header::AUTHORIZATION, header::CONTENT_LENGTH];
 
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     if h.contains_key(header::CONNECTION) {
@@ -160,7 +166,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
             .collect();
         for n in named {
-            if !(keep_upgrade && n == header::UPGRADE) {
+            let kept = END_TO_END.contains(&n) || (keep_upgrade && n == header::UPGRADE);
+            if !kept {
                 h.remove(n);
             }
         }
@@ -284,7 +291,12 @@ impl Gateway {
     /// Handles one request from `peer`.
     pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let config = self.shared.app.config();
-        let origin = forwarded::resolve(peer.ip(), req.headers(), &config.network.trusted_proxies);
+        let origin = forwarded::resolve(
+            peer.ip(),
+            req.headers(),
+            &config.network.trusted_proxies,
+            self.shared.cfg.real_ip_header,
+        );
         let upgrade = is_upgrade(req.headers());
         let path = req.uri().path().to_owned();
         let route = route::classify(
@@ -402,8 +414,10 @@ impl Gateway {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned);
-        self.rewrite_forwarding(&mut parts.headers, &origin, peer.ip(), &config, host.as_deref());
+        // Hop-by-hop fields first: a `Connection` naming the forwarding
+        // fields must not remove the ones written here.
         strip_hop_by_hop(&mut parts.headers, upgrade);
+        self.rewrite_forwarding(&mut parts.headers, &origin, peer.ip(), &config, host.as_deref());
         let up_req = Request::from_parts(parts, up_body);
         let mut resp = match self.send(up_req).await {
             Ok((r, lent)) => {

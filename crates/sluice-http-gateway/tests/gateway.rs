@@ -499,10 +499,68 @@ async fn forwarding_headers_are_rewritten() {
         .as_str()
         .unwrap()
         .starts_with("for=127.0.0.1;proto=http;host="));
+
+    // A client naming the forwarding fields in `Connection` cannot strip
+    // the ones sluice writes; nor `Host`.
+    let r = h
+        .get(
+            "/_matrix/client/v3/capabilities",
+            &[
+                ("host", "matrix.example.org"),
+                (
+                    "connection",
+                    "keep-alive, X-Forwarded-For, X-Real-IP, Forwarded, X-Forwarded-Proto, Host",
+                ),
+            ],
+        )
+        .await;
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-real-ip"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["host"], "matrix.example.org");
+    assert!(seen["forwarded"].as_str().unwrap().starts_with("for=127.0.0.1;"));
 }
 
 #[tokio::test]
 async fn spoofed_addresses_do_not_escape_per_ip_limits() {
+    // Behind a trusted proxy that writes X-Forwarded-For (the default
+    // `real_ip_header`), a `Forwarded` the proxy passed through as the
+    // client made it up is not read: a fresh one each time escapes nothing.
+    let h = start("matrix", TRUSTING, "").await;
+    for (i, want) in [(1, 200), (2, 429)] {
+        let made_up = format!("for=203.0.113.{i}");
+        let r = h
+            .send(
+                "POST",
+                "/_matrix/client/v3/register",
+                &[
+                    ("x-forwarded-for", "198.51.100.1"),
+                    ("forwarded", made_up.as_str()),
+                ],
+                "{\"auth\":{}}",
+            )
+            .await;
+        assert_eq!(r.status, want, "registration {i}");
+    }
+    // With `real_ip_header = "forwarded"` it is the other way round.
+    let h = start("matrix", TRUSTING, "real_ip_header = \"forwarded\"\n").await;
+    for (i, want) in [(1, 200), (2, 429)] {
+        let made_up = format!("203.0.113.{i}");
+        let r = h
+            .send(
+                "POST",
+                "/_matrix/client/v3/register",
+                &[
+                    ("x-forwarded-for", made_up.as_str()),
+                    ("forwarded", "for=198.51.100.1"),
+                ],
+                "{\"auth\":{}}",
+            )
+            .await;
+        assert_eq!(r.status, want, "registration {i} (Forwarded)");
+    }
+
     // Untrusted peer: registering with a fresh X-Forwarded-For each time
     // still counts against the peer.
     let h = start("matrix", "", "").await;

@@ -101,6 +101,7 @@ impl Compiler<'_> {
             tls_cert,
             tls_key,
             user_identity: r.user_identity.unwrap_or(UserIdentity::Whoami),
+            real_ip_header: r.real_ip_header.unwrap_or_default(),
             appservices,
             rules,
             long_polls_per_account,
