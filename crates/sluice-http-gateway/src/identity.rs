@@ -82,20 +82,27 @@ pub fn credential(headers: &HeaderMap, query: Option<&str>) -> Credential {
 }
 
 /// One parameter of an `X-Matrix` authorization (`origin="a.org",key=…`).
+/// `None` when it is missing or given more than once: a server reading
+/// another copy than this one (Synapse takes the last) would verify a
+/// signature for a different origin than the one counted here.
 pub fn x_matrix_param(params: &str, name: &str) -> Option<String> {
-    params.split(',').find_map(|p| {
+    let mut found = params.split(',').filter_map(|p| {
         let (k, v) = p.split_once('=')?;
         k.trim()
             .eq_ignore_ascii_case(name)
             .then(|| v.trim().trim_matches('"').to_owned())
-    })
+    });
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }
 
-/// A query parameter, percent-decoded.
+/// A query parameter, key and value percent-decoded (`access%5Ftoken` is
+/// `access_token` to the upstream too), pairs split at `&` and `;` (older
+/// Python split at both): the first match.
 pub fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
+    query.split(['&', ';']).find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
+        (k == name || (k.contains(['%', '+']) && percent_decode(k) == name)).then(|| percent_decode(v))
     })
 }
 

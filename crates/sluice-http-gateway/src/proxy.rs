@@ -66,7 +66,9 @@ pub(crate) struct Shared {
     pub whoami: TtlCache<u64, Option<Target>>,
     /// Credentials (Basic) and (origin, address) pairs the upstream accepted.
     pub verified: TtlCache<u64, ()>,
-    pub long_polls: Arc<Mutex<HashMap<Target, u32>>>,
+    pub long_polls: Slots,
+    /// Registrations in flight per address (at most one: see [`Gateway::handle`]).
+    pub registering: Slots,
     pub counters: Counters,
     pub tls: bool,
 }
@@ -101,13 +103,31 @@ struct Who {
     pending: Option<u64>,
 }
 
-/// A long-poll slot, released when dropped.
-struct LongPoll {
-    map: Arc<Mutex<HashMap<Target, u32>>>,
+/// Counted slots per target, kept by the gateway process (long polls,
+/// registrations in flight).
+pub(crate) type Slots = Arc<Mutex<HashMap<Target, u32>>>;
+
+/// Takes one of `key`'s `max` slots in `map`, released when dropped.
+fn take_slot(map: &Slots, key: Target, max: u32) -> Option<Slot> {
+    let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+    let n = m.entry(key.clone()).or_insert(0);
+    if *n >= max {
+        return None;
+    }
+    *n += 1;
+    Some(Slot {
+        map: map.clone(),
+        key,
+    })
+}
+
+/// A slot taken with [`take_slot`], released when dropped.
+struct Slot {
+    map: Slots,
     key: Target,
 }
 
-impl Drop for LongPoll {
+impl Drop for Slot {
     fn drop(&mut self) {
         let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = m.get_mut(&self.key) {
@@ -180,6 +200,23 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Whether a success answer to a request for `path` proves the request's
+/// `X-Matrix` origin or Basic credential: the endpoint authenticates every
+/// request (Matrix federation, except its version and OpenID endpoints;
+/// JMAP's resources). A generic upstream's endpoints are unknown: nothing
+/// is confirmed there, and Basic users count by address.
+fn proves_credential(protocol: HttpProtocol, path: &str) -> bool {
+    match protocol {
+        HttpProtocol::Matrix => {
+            path.starts_with("/_matrix/federation/")
+                && !path.ends_with("/version")
+                && !path.contains("/openid/userinfo")
+        }
+        HttpProtocol::Jmap => path.starts_with("/jmap") || path.starts_with("/.well-known/jmap"),
+        HttpProtocol::Generic => false,
+    }
+}
+
 fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE)
         && h.get_all(header::CONNECTION)
@@ -225,7 +262,8 @@ impl Gateway {
                 key: foldhash::quality::RandomState::default(),
                 whoami: TtlCache::new(IDENTITY_CAPACITY, IDENTITY_TTL),
                 verified: TtlCache::new(IDENTITY_CAPACITY, IDENTITY_TTL),
-                long_polls: Arc::new(Mutex::new(HashMap::new())),
+                long_polls: Slots::default(),
+                registering: Slots::default(),
                 counters: Counters::default(),
                 tls,
             }),
@@ -306,6 +344,21 @@ impl Gateway {
             &path,
             upgrade,
         );
+        if req
+            .headers()
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            // A singleton field: with two, sluice and the upstream could each
+            // take a different one as the credential.
+            return respond::upstream_error(
+                self.protocol(),
+                StatusCode::BAD_REQUEST,
+                "more than one Authorization field",
+            );
+        }
         let who = self.identify(&req, &origin, &route).await;
 
         // Limits. The specific action first: when it denies, `request`
@@ -316,6 +369,29 @@ impl Gateway {
         if let Some(action) = route.action.as_deref() {
             let d = match (route.charge, route.cost) {
                 (Charge::OnSuccess, _) => {
+                    if !route.login {
+                        // A registration is charged when the upstream says it
+                        // succeeded, so steps checked at the same time would
+                        // all pass the check before any is charged: one in
+                        // flight per address (a client's steps come one after
+                        // another anyway).
+                        let Some(addr) = who.list.first().cloned() else {
+                            return self.deny(
+                                &route,
+                                &synthetic_denial("gateway.registration_in_flight", Duration::from_secs(1)),
+                            );
+                        };
+                        match take_slot(&self.shared.registering, addr, 1) {
+                            Some(slot) => held.push(Box::new(slot)),
+                            None => {
+                                let d = synthetic_denial(
+                                    "gateway.registration_in_flight",
+                                    Duration::from_secs(1),
+                                );
+                                return self.deny(&route, &d);
+                            }
+                        }
+                    }
                     if route.login {
                         // A client that keeps failing cannot keep trying: an
                         // attempt while over the failure limit is one more
@@ -493,7 +569,9 @@ impl Gateway {
             let d = self.decide(&who, Side::Client, "authentication_failure", 1, Mode::Check);
             reports.push(d);
         } else if let Some(key) = who.pending {
-            if status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN {
+            // Only a success from an endpoint that checks the credential
+            // proves it: a 404, a 400 or a public page proves nothing.
+            if status.is_success() && proves_credential(self.protocol(), &path) {
                 self.shared.verified.insert(key, ());
             }
         }
@@ -583,24 +661,18 @@ impl Gateway {
         })
     }
 
-    fn long_poll_slot(&self, who: &Who) -> Option<LongPoll> {
+    fn long_poll_slot(&self, who: &Who) -> Option<Slot> {
         let key = who
             .targets
             .user
             .clone()
             .or_else(|| who.targets.appservice.clone())
             .or_else(|| who.list.first().cloned())?;
-        let max = self.shared.cfg.long_polls_per_account;
-        let mut m = self.shared.long_polls.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(key.clone()).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(LongPoll {
-            map: self.shared.long_polls.clone(),
+        take_slot(
+            &self.shared.long_polls,
             key,
-        })
+            self.shared.cfg.long_polls_per_account,
+        )
     }
 
     fn rewrite_forwarding(

@@ -243,6 +243,130 @@ async fn federation_table_and_unverified_origins() {
         .any(|l| l.remaining == 0));
 }
 
+/// An `X-Matrix` origin is confirmed only by a success from an endpoint
+/// that checks signatures: not by a 404 (Synapse answers unknown paths
+/// before it looks at the signature). A repeated `origin` is never
+/// confirmed, and two `Authorization` fields are refused.
+#[tokio::test]
+async fn only_authenticated_successes_confirm_an_origin() {
+    let h = start("matrix", &format!("{TRUSTING}{TIGHT}"), "").await;
+    let claim = "X-Matrix origin=\"victim.example.org\",destination=\"us\",key=\"ed25519:a\",sig=\"x\"";
+    let from_attacker = [("authorization", claim), ("x-forwarded-for", "192.0.2.66")];
+    let r = h.get("/_matrix/federation/v1/missing", &from_attacker).await;
+    assert_eq!(r.status, 404);
+    // Still unconfirmed: a transaction (its signature refused, so it
+    // confirms nothing either) is charged to the attacker's address, not
+    // to the victim.
+    let bad = "X-Matrix origin=\"victim.example.org\",destination=\"us\",key=\"ed25519:a\",sig=\"bad\"";
+    let hd = [("authorization", bad), ("x-forwarded-for", "192.0.2.66")];
+    let r = h.send("PUT", "/_matrix/federation/v1/send/t1", &hd, "{}").await;
+    assert_eq!(r.status, 401);
+    let attacker: sluice_core::Target = "server:192.0.2.66".parse().unwrap();
+    assert!(h
+        .app
+        .engine()
+        .inspect(&attacker)
+        .unwrap()
+        .iter()
+        .any(|l| l.remaining == 0));
+    let victim: sluice_core::Target = "server:victim.example.org".parse().unwrap();
+    assert!(h
+        .app
+        .engine()
+        .inspect(&victim)
+        .unwrap()
+        .iter()
+        .all(|l| l.remaining > 0));
+
+    // `origin` twice: the upstream may verify the other one.
+    let twice = "X-Matrix origin=\"victim.example.org\",origin=\"evil.example\",key=\"ed25519:a\",sig=\"x\"";
+    let hd = [("authorization", twice), ("x-forwarded-for", "192.0.2.67")];
+    assert_eq!(
+        h.send("PUT", "/_matrix/federation/v1/send/t2", &hd, "{}")
+            .await
+            .status,
+        200
+    );
+    assert!(h
+        .app
+        .engine()
+        .inspect(&victim)
+        .unwrap()
+        .iter()
+        .all(|l| l.remaining > 0));
+
+    // Two Authorization fields: refused before anything is counted.
+    let hd = [
+        ("authorization", "Bearer good-alice"),
+        ("authorization", claim),
+        ("x-forwarded-for", "192.0.2.68"),
+    ];
+    let r = h.send("PUT", "/_matrix/federation/v1/send/t3", &hd, "{}").await;
+    assert_eq!(r.status, 400, "{:?}", r.json());
+}
+
+/// A percent-encoded query key is the same key to the upstream: the token
+/// behind `access%5Ftoken` is found and its user counted.
+#[tokio::test]
+async fn encoded_query_tokens_are_found() {
+    let limits = "[limits.client.target]\nrequest = [{ rate = \"100/1h\", per = \"anonymous_ip\" }, { rate = \"1/1h\", per = \"user\" }]\n";
+    let h = start("matrix", &format!("{TRUSTING}{limits}"), "").await;
+    let hd = [("x-forwarded-for", "203.0.113.70")];
+    let path = "/_matrix/client/v3/capabilities?access%5Ftoken=good-alice";
+    assert_eq!(h.get(path, &hd).await.status, 200);
+    let r = h.get(path, &hd).await;
+    assert_eq!(r.status, 429, "the user's budget, not the address's");
+    assert!(r.json()["error"].as_str().unwrap().contains("request.user"));
+}
+
+/// Registration steps sent at the same moment cannot all pass the check
+/// before the first success is charged: one in flight per address.
+#[tokio::test]
+async fn concurrent_registrations_are_one_at_a_time() {
+    let h = std::sync::Arc::new(start("matrix", TRUSTING, "").await);
+    let first = {
+        let h = h.clone();
+        tokio::spawn(async move {
+            let hd = [("x-forwarded-for", "203.0.113.80")];
+            h.send(
+                "POST",
+                "/_matrix/client/v3/register",
+                &hd,
+                "{\"auth\":{},\"hold\":1}",
+            )
+            .await
+            .status
+        })
+    };
+    h.wait_held(1).await;
+    // The first is at the upstream, not yet charged: the others wait.
+    let hd = [("x-forwarded-for", "203.0.113.80")];
+    let r = h
+        .send("POST", "/_matrix/client/v3/register", &hd, "{\"auth\":{}}")
+        .await;
+    assert_eq!(r.status, 429);
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("registration_in_flight"));
+    // Another address is not held up.
+    let other = [("x-forwarded-for", "203.0.113.81")];
+    assert_eq!(
+        h.send("POST", "/_matrix/client/v3/register", &other, "{\"auth\":{}}")
+            .await
+            .status,
+        200
+    );
+    h.seen.release.add_permits(1);
+    assert_eq!(first.await.unwrap(), 200);
+    // Charged: the address's registration budget is spent.
+    let r = h
+        .send("POST", "/_matrix/client/v3/register", &hd, "{\"auth\":{}}")
+        .await;
+    assert_eq!(r.status, 429);
+    assert!(r.json()["error"].as_str().unwrap().contains("registration"));
+}
+
 #[tokio::test]
 async fn registration_charged_on_success_only() {
     let h = start("matrix", TRUSTING, "").await;

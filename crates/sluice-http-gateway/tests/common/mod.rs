@@ -124,6 +124,18 @@ async fn upstream(req: Request<Incoming>, seen: Arc<Seen>) -> Response<UpBody> {
     };
     seen.body_bytes.fetch_add(body.len() as u64, Ordering::SeqCst);
     let text = String::from_utf8_lossy(&body).into_owned();
+    if path.ends_with("/missing") {
+        return json_resp(
+            StatusCode::NOT_FOUND,
+            json!({"errcode": "M_UNRECOGNIZED", "error": "no such endpoint"}),
+        );
+    }
+    if path.ends_with("/register") && text.contains("hold") {
+        seen.held.fetch_add(1, Ordering::SeqCst);
+        if let Ok(p) = seen.release.acquire().await {
+            p.forget();
+        }
+    }
     if path.ends_with("/login") && method == hyper::Method::POST {
         return if text.contains("right") {
             json_resp(
