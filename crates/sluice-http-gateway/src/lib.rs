@@ -226,15 +226,17 @@ async fn accepted(
             return;
         }
     };
+    // Shared with upgraded connections, which outlive this one.
+    let slot = slot.map(Arc::new);
     match acceptor {
         #[cfg(feature = "tls")]
         Some(acc) => match tokio::time::timeout(HANDSHAKE, acc.accept(stream)).await {
-            Ok(Ok(tls)) => connection(gw, tls, peer, stop).await,
+            Ok(Ok(tls)) => connection(gw, tls, peer, slot.clone(), stop).await,
             _ => tracing::debug!("http gateway: TLS handshake failed"),
         },
         #[cfg(not(feature = "tls"))]
         Some(never) => match never {},
-        None => connection(gw, stream, peer, stop).await,
+        None => connection(gw, stream, peer, slot.clone(), stop).await,
     }
     drop(slot);
 }
@@ -287,13 +289,19 @@ async fn refusal(gw: &Gateway, d: &sluice_core::Decision) -> Vec<u8> {
     out
 }
 
-async fn connection<S>(gw: Gateway, io: S, peer: SocketAddr, mut stop: tokio::sync::watch::Receiver<bool>)
-where
+async fn connection<S>(
+    gw: Gateway,
+    io: S,
+    peer: SocketAddr,
+    slot: Option<Arc<sluice_core::Guard>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| {
         let gw = gw.clone();
-        async move { Ok::<_, Infallible>(gw.handle(req, peer).await) }
+        let slot = slot.clone();
+        async move { Ok::<_, Infallible>(gw.handle_on(req, peer, slot).await) }
     });
     let conn = http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())

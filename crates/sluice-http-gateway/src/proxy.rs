@@ -327,7 +327,19 @@ impl Gateway {
     }
 
     /// Handles one request from `peer`.
-    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        self.handle_on(req, peer, None).await
+    }
+
+    /// Handles one request from `peer` on a connection holding `conn_slot`
+    /// (its per-address connection lease): an upgraded connection outlives
+    /// the HTTP connection it came from, so it holds the lease too.
+    pub(crate) async fn handle_on(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        conn_slot: Option<Arc<sluice_core::Guard>>,
+    ) -> Response<ProxyBody> {
         let config = self.shared.app.config();
         let origin = forwarded::resolve(
             peer.ip(),
@@ -526,6 +538,9 @@ impl Gateway {
         if status == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                if let Some(slot) = conn_slot {
+                    held.push(Box::new(slot));
+                }
                 tokio::spawn(async move {
                     let held = held;
                     if let (Ok(c), Ok(u)) = tokio::join!(client_upgrade, upstream_upgrade) {
@@ -683,6 +698,9 @@ impl Gateway {
         config: &sluice_config::Config,
         host: Option<&str>,
     ) {
+        // Canonical: a trusted IPv4 proxy reaches a dual-stack listener as
+        // `::ffff:a.b.c.d`.
+        let peer = sluice_core::target::canonical_ip(peer);
         let trusted_peer = config.network.trusted_proxies.iter().any(|n| n.contains(&peer));
         let ours = if self.shared.tls { "https" } else { "http" };
         let proto = match h.get(X_FORWARDED_PROTO).and_then(|v| v.to_str().ok()) {

@@ -890,6 +890,40 @@ async fn websocket_upgrades_pass() {
     assert_eq!(&echo, b"ping");
 }
 
+/// An upgraded connection keeps its per-address connection lease for as
+/// long as it is open: a WebSocket does not free its client's slot.
+#[tokio::test]
+async fn websockets_hold_their_connection_slot() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let h = start("jmap", "[concurrency.client.target]\nconnection = 1\n", "").await;
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"GET /jmap/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the 101");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // The splice is running (and the HTTP connection it came from is over).
+    s.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    s.read_exact(&mut echo).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let mut out = Vec::new();
+    second.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 429"), "{text}");
+    assert!(text.contains("client.concurrent.connection.ip"), "{text}");
+}
+
 #[tokio::test]
 async fn metrics_and_top_see_gateway_decisions() {
     let h = start("matrix", TRUSTING, "").await;
