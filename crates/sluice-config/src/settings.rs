@@ -284,6 +284,11 @@ pub struct HttpGateway {
     /// Simultaneous long polls (Matrix `/sync`, JMAP push) per account,
     /// counted apart from the account's other requests (default 8).
     pub long_polls_per_account: u32,
+    /// A request body's longest silence: a client that sends nothing for
+    /// this long has its request ended with 408 (nginx's
+    /// `client_body_timeout`; default 60 s), so a trickled upload cannot
+    /// hold its slots and an upstream connection.
+    pub body_timeout: std::time::Duration,
     /// Threads serving this gateway's connections, each with its own
     /// single-threaded runtime and upstream connections; `None`: one per
     /// core.

@@ -1102,6 +1102,10 @@ fn http_gateway_options() {
         c.gateway.http[0].upstream_ca.as_deref(),
         Some(std::path::Path::new("ca.pem"))
     );
+    assert_eq!(ok(&m("")).gateway.http[0].body_timeout, Duration::from_secs(60));
+    let c = ok(&m("body_timeout = \"500ms\"\n"));
+    assert_eq!(c.gateway.http[0].body_timeout, Duration::from_millis(500));
+    err_at(&m("body_timeout = \"soon\"\n"), 5, 16, "period");
     let c = ok(&m("real_ip_header = \"forwarded\"\n"));
     assert_eq!(c.gateway.http[0].real_ip_header, crate::RealIpHeader::Forwarded);
     err_at(&m("real_ip_header = \"x-real-ip\"\n"), 5, 18, "unknown variant");

@@ -2,6 +2,7 @@
 //! flows, and concurrency slots are held until the last byte has gone.
 //! Nothing here buffers a body.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -22,6 +23,89 @@ impl BoxError {
     /// Wraps any error.
     pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self(Box::new(e))
+    }
+
+    /// Whether a `T` is this error or anywhere in its chain of sources
+    /// (through hyper's errors, I/O errors and other `BoxError`s, whose
+    /// `source` skips the error they wrap).
+    pub fn caused_by<T: std::error::Error + 'static>(&self) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&*self.0);
+        while let Some(e) = cur {
+            let wrapped = e
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .map(|inner| BoxError::is_or_wraps::<T>(inner));
+            if e.is::<T>()
+                || e.downcast_ref::<BoxError>().is_some_and(BoxError::caused_by::<T>)
+                || wrapped == Some(true)
+            {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
+    }
+
+    fn is_or_wraps<T: std::error::Error + 'static>(
+        e: &(dyn std::error::Error + Send + Sync + 'static),
+    ) -> bool {
+        e.is::<T>() || e.downcast_ref::<BoxError>().is_some_and(BoxError::caused_by::<T>)
+    }
+}
+
+/// The client sent nothing of its request body for this long.
+#[derive(Debug, thiserror::Error)]
+#[error("request body idle for more than {0:?}")]
+pub struct BodyTimeout(pub std::time::Duration);
+
+/// A request body that fails with [`BodyTimeout`] when the client sends
+/// nothing for `limit` (nginx's `client_body_timeout`): a trickled upload
+/// cannot hold its slots and an upstream connection for ever.
+pub struct IdleLimited {
+    inner: ProxyBody,
+    limit: std::time::Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleLimited {
+    /// Wraps `inner`; the clock starts now.
+    pub fn new(inner: ProxyBody, limit: std::time::Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+}
+
+impl Body for IdleLimited {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.limit;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(BoxError::new(BodyTimeout(this.limit))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -117,4 +201,41 @@ pub fn full(b: impl Into<Bytes>) -> ProxyBody {
 /// No body.
 pub fn empty() -> ProxyBody {
     http_body_util::Empty::new().map_err(|e| match e {}).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A client that sent its headers and then nothing.
+    struct Silent;
+
+    impl Body for Silent {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_body_times_out_and_a_flowing_one_does_not() {
+        let start = tokio::time::Instant::now();
+        let mut b = IdleLimited::new(BoxBody::new(Silent), Duration::from_secs(60));
+        let e = b.frame().await.unwrap().unwrap_err();
+        assert!(e.caused_by::<BodyTimeout>());
+        assert_eq!(start.elapsed(), Duration::from_secs(60));
+        // Frames keep it alive; the end is the end.
+        let mut b = IdleLimited::new(full("abc"), Duration::from_secs(60));
+        assert_eq!(b.frame().await.unwrap().unwrap().into_data().unwrap(), "abc");
+        assert!(b.frame().await.is_none());
+        // Found through other errors' sources too.
+        let wrapped = BoxError::new(std::io::Error::other(BoxError::new(BodyTimeout(Duration::ZERO))));
+        assert!(wrapped.caused_by::<BodyTimeout>());
+        assert!(!BoxError::new(LimitExceeded).caused_by::<BodyTimeout>());
+    }
 }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri};
@@ -30,7 +30,7 @@ use sluice_config::{HttpGateway, HttpProtocol, UserIdentity};
 use sluice_core::{Decision, Engine, Mode, Reason, Request as Ask, Side, Target, Targets};
 use sluice_server::App;
 
-use crate::body::{self, Charger, Held, Metered, ProxyBody, Verdict};
+use crate::body::{self, Charger, Held, IdleLimited, Metered, ProxyBody, Verdict};
 use crate::forwarded::{self, Origin};
 use crate::h1;
 use crate::identity::{self, Credential, TtlCache};
@@ -490,13 +490,11 @@ impl Gateway {
         let verdict: Verdict = Arc::new(Mutex::new(None));
         let meter_upload = route.cost == Cost::RequestBytes && declared.is_none() && route.action.is_some();
         let charger = meter_upload.then(|| self.charger(&who, &route));
-        let up_body = Metered::new(
-            incoming.map_err(body::BoxError::new).boxed(),
-            charger,
-            verdict.clone(),
-            Vec::new(),
-        )
-        .boxed();
+        let mut client_body = incoming.map_err(body::BoxError::new).boxed();
+        if !client_body.is_end_stream() {
+            client_body = IdleLimited::new(client_body, self.shared.cfg.body_timeout).boxed();
+        }
+        let up_body = Metered::new(client_body, charger, verdict.clone(), Vec::new()).boxed();
         let host = parts
             .headers
             .get(header::HOST)
@@ -518,6 +516,13 @@ impl Gateway {
             Err(e) => {
                 if let Some(d) = verdict.lock().unwrap_or_else(|p| p.into_inner()).take() {
                     return self.deny(&route, &d);
+                }
+                if e.caused_by::<body::BodyTimeout>() {
+                    return respond::upstream_error(
+                        self.protocol(),
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request body timed out",
+                    );
                 }
                 self.shared
                     .counters

@@ -924,6 +924,30 @@ async fn websockets_hold_their_connection_slot() {
     assert!(text.contains("client.concurrent.connection.ip"), "{text}");
 }
 
+/// A client that stops sending its upload is answered 408 once the body
+/// has been silent for `body_timeout` (real time: 200 ms here), and its
+/// slot is free again.
+#[tokio::test]
+async fn stalled_uploads_time_out() {
+    let caps = "[concurrency.client.target]\nmedia_create = 1\n";
+    let h = start(
+        "matrix",
+        &format!("{TRUSTING}{caps}"),
+        "body_timeout = \"200ms\"\n",
+    )
+    .await;
+    // Bounded: without the timeout this request would wait for ever.
+    let stalled = h.send_stalled("POST", "/_matrix/media/v3/upload", &[ALICE]);
+    let r = tokio::time::timeout(Duration::from_secs(10), stalled)
+        .await
+        .expect("no answer to a stalled upload");
+    assert_eq!(r.status, 408, "{:?}", r.json());
+    assert_eq!(r.json()["errcode"], "M_UNKNOWN");
+    // The account's only upload slot was given back.
+    let r = h.send("POST", "/_matrix/media/v3/upload", &[ALICE], "{}").await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+}
+
 #[tokio::test]
 async fn metrics_and_top_see_gateway_decisions() {
     let h = start("matrix", TRUSTING, "").await;

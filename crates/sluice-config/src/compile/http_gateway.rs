@@ -86,6 +86,10 @@ impl Compiler<'_> {
                 _ => return Err(self.err(span_of(n), "long_polls_per_account must be between 1 and 1024")),
             },
         };
+        let body_timeout = match &r.body_timeout {
+            None => std::time::Duration::from_secs(60),
+            Some(d) => self.duration(d)?,
+        };
         let workers = match &r.workers {
             None => None,
             Some(n) => match u16::try_from(*n.get_ref()) {
@@ -105,6 +109,7 @@ impl Compiler<'_> {
             appservices,
             rules,
             long_polls_per_account,
+            body_timeout,
             workers,
         })
     }

@@ -171,6 +171,24 @@ async fn upstream(req: Request<Incoming>, seen: Arc<Seen>) -> Response<UpBody> {
     )
 }
 
+/// A body that sends one frame of 10 bytes, then stalls for ever.
+pub struct Stalled(bool);
+
+impl hyper::body::Body for Stalled {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.0 {
+            return std::task::Poll::Pending;
+        }
+        self.0 = true;
+        std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"0123456789")))))
+    }
+}
+
 /// A body of `n` frames of 10 bytes with no length announced (chunked).
 pub struct Chunks(pub usize);
 
@@ -352,6 +370,17 @@ impl Harness {
             b = b.header(*k, *v);
         }
         self.finish(b.body(Chunks(frames).boxed()).unwrap()).await
+    }
+
+    /// Sends one 10-byte frame of body, then nothing more, ever.
+    pub async fn send_stalled(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.finish(b.body(Stalled(false).boxed()).unwrap()).await
     }
 
     async fn finish(&self, req: Request<UpBody>) -> Reply {
