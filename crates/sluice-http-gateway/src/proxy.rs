@@ -177,6 +177,11 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 const END_TO_END: [HeaderName; 3] = [header::HOST, header::AUTHORIZATION, header::CONTENT_LENGTH];
 
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Usually there are none: one pass over the (few) fields instead of a
+    // hashed removal per hop-by-hop name.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if h.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
@@ -713,22 +718,22 @@ impl Gateway {
             Some("http") if trusted_peer => "http",
             _ => ours,
         };
-        h.remove(FORWARDED);
         if !trusted_peer {
             h.remove(X_FORWARDED_HOST);
         }
-        let xff = origin.x_forwarded_for();
-        // A direct client's chain is its address alone: one value for both.
+        // Values from owned strings (no copy); a direct client's chain is
+        // its address alone: one value for both fields.
+        let xff = HeaderValue::try_from(origin.x_forwarded_for()).ok();
         let real_ip = if origin.chain.as_slice() == [origin.client] {
-            HeaderValue::from_str(&xff).ok()
+            xff.clone()
         } else {
-            HeaderValue::from_str(&origin.client.to_string()).ok()
+            HeaderValue::try_from(origin.client.to_string()).ok()
         };
         for (k, v) in [
-            (X_FORWARDED_FOR, HeaderValue::from_str(&xff).ok()),
+            (X_FORWARDED_FOR, xff),
             (
                 FORWARDED,
-                HeaderValue::from_str(&origin.forwarded(proto, host)).ok(),
+                HeaderValue::try_from(origin.forwarded(proto, host)).ok(),
             ),
             (X_REAL_IP, real_ip),
             (X_FORWARDED_PROTO, Some(HeaderValue::from_static(proto))),
