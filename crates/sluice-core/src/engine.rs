@@ -1519,6 +1519,23 @@ impl Guard {
     pub fn decision(&self) -> &Decision {
         &self.decision
     }
+
+    /// The decision, and the guard itself only if it holds a lease: when
+    /// no concurrency cap applied there is nothing to release, and a
+    /// caller that keeps guards until a response ends need not keep (or
+    /// allocate for) this one. The decision is moved out, not copied: the
+    /// kept guard's [`Guard::decision`] is then an empty allowed one.
+    pub fn split(mut self) -> (Decision, Option<Guard>) {
+        let d = std::mem::replace(
+            &mut self.decision,
+            Decision::early(true, Duration::ZERO, Reason::Allowed),
+        );
+        if self.lease == 0 {
+            (d, None)
+        } else {
+            (d, Some(self))
+        }
+    }
 }
 
 impl Drop for Guard {

@@ -966,6 +966,31 @@ fn guards_release_on_drop() {
 }
 
 #[test]
+fn a_split_guard_keeps_only_what_holds_a_lease() {
+    let (e, _clock) = engine(lease_policy(1));
+    let req = upload("@a:example.org");
+    let (d, kept) = e.acquire_guard(&req).unwrap().unwrap().split();
+    assert!(d.allowed && !d.limits.is_empty(), "the decision moves out whole");
+    let kept = kept.expect("a capped guard holds a lease");
+    assert!(
+        e.acquire_guard(&req).unwrap().is_err(),
+        "still held after the split"
+    );
+    drop(kept);
+    assert!(
+        e.acquire_guard(&req).unwrap().is_ok(),
+        "released with the kept guard"
+    );
+    // No cap applies: nothing to keep.
+    let (d, kept) = e
+        .acquire_guard(&Request::client("join"))
+        .unwrap()
+        .unwrap()
+        .split();
+    assert!(d.allowed && kept.is_none());
+}
+
+#[test]
 fn acquire_checks_rates_all_or_nothing() {
     let policy = Policy::builder()
         .limit(Limit::new(

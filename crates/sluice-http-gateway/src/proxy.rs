@@ -478,8 +478,11 @@ impl Gateway {
                     self.shared
                         .app
                         .observe(route.side, "request", &who.list, g.decision());
-                    reports.push(g.decision().clone());
-                    held.push(Box::new(g));
+                    let (d, lease) = g.split();
+                    reports.push(d);
+                    if let Some(g) = lease {
+                        held.push(Box::new(g));
+                    }
                 }
                 Ok(Err(d)) => {
                     self.shared.app.observe(route.side, "request", &who.list, &d);
@@ -629,7 +632,7 @@ impl Gateway {
             }
         }
         strip_hop_by_hop(&mut parts.headers, false);
-        if let Some(merged) = merge(&reports) {
+        if let Some(merged) = merge(reports) {
             sluice_server::rate_headers(&merged, &mut parts.headers);
         }
         let out_body = Metered::new(out_body, None, verdict, held).boxed();
@@ -902,13 +905,13 @@ fn basic_user(user: &str, headers: &HeaderMap) -> Option<Target> {
 }
 
 /// Every limit that applied to a request, for the `RateLimit` fields.
-fn merge(reports: &[Decision]) -> Option<Decision> {
-    let mut it = reports.iter();
-    let mut d = it.next()?.clone();
+fn merge(reports: Vec<Decision>) -> Option<Decision> {
+    let mut it = reports.into_iter();
+    let mut d = it.next()?;
     for r in it {
-        for l in &r.limits {
+        for l in r.limits {
             if !d.limits.iter().any(|x| x.name == l.name && x.target == l.target) {
-                d.limits.push(l.clone());
+                d.limits.push(l);
             }
         }
     }
