@@ -716,9 +716,10 @@ impl Engine {
 
     /// Bans `target` for `duration` (`None`: until lifted).
     ///
-    /// A single address is grouped like the requests it should stop (an
-    /// IPv6 address bans its /64 by default): requests are checked per
-    /// group, so a ban on one address inside it would never match.
+    /// A single address, or any network narrower than the grouping
+    /// prefix, is grouped like the requests it should stop (an IPv6
+    /// address or /96 bans its /64 by default): requests are checked per
+    /// group, so a ban on part of one would never match.
     pub fn ban(&self, target: Target, duration: Option<Duration>, reason: &str) -> Ban {
         let target = self.normalize(target);
         let now = self.now();

@@ -36,8 +36,9 @@
 //! only for a key that was the least-indebted in its lines, and each
 //! eviction costs whoever forces it about a table's worth of fresh keys.
 //!
-//! A request whose key has no cell is only given one if it would pass:
-//! denied requests never evict anyone.
+//! A request whose key has no cell is only given one if it would pass —
+//! by every bucket of the decision, as they stand: denied requests never
+//! evict anyone.
 //!
 //! # Concurrency
 //!
@@ -477,9 +478,23 @@ impl MemoryStore {
         };
         let mut denied = dry_run;
         let mut any_shadow = false;
-        for ((b, r), c) in buckets.iter().zip(results.iter_mut()).zip(commits.iter_mut()) {
+        for (i, ((b, r), c)) in buckets
+            .iter()
+            .zip(results.iter_mut())
+            .zip(commits.iter_mut())
+            .enumerate()
+        {
             if b.shadow || denied {
                 any_shadow |= b.shadow;
+                *r = read(b);
+                continue;
+            }
+            // A key with no cell would claim one, possibly evicting a live
+            // key, and an undo does not bring that key back: if a later
+            // bucket denies as things stand, the request is denied here,
+            // before anything is claimed (denied requests never evict).
+            if self.find(fingerprint(b.key)).is_none() && !self.rest_would_allow(&buckets[i + 1..], now) {
+                denied = true;
                 *r = read(b);
                 continue;
             }
@@ -530,6 +545,14 @@ impl MemoryStore {
             }
         }
         true
+    }
+
+    /// Whether every enforced bucket of `rest` would allow as it stands.
+    fn rest_would_allow(&self, rest: &[KeyedBucket], now: Nanos) -> bool {
+        rest.iter().filter(|b| !b.shadow).all(|b| {
+            let tat = self.read(fingerprint(b.key), now);
+            matches!(b.gcra.check(tat, now, b.cost), Verdict::Allow { .. })
+        })
     }
 
     /// [`Store::decide`]'s bucket step: the keyed decision, reported per bucket.
@@ -737,6 +760,36 @@ mod tests {
             "wide bucket charged by a denied request"
         );
         assert_eq!(out.buckets[1].retry_after, Some(60 * S));
+    }
+
+    #[test]
+    fn a_request_denied_by_a_later_bucket_evicts_nobody() {
+        // A full table of live keys, and a global bucket that is spent.
+        let s = MemoryStore::new(64);
+        let global = bucket(0x6C0B_A100_0000_0001, "1/1h");
+        assert!(one(&s, &global, T0));
+        let mut i = 0u64;
+        while s.tracked_keys(T0) < 64 && i < 100_000 {
+            i += 1;
+            one(&s, &bucket(i.wrapping_mul(0x9E37_79B9_7F4A_7C15), "10/1h"), T0);
+        }
+        let evictions = s.stats().evictions;
+        // Fresh clients under the spent global limit: all denied, and none
+        // of them pushes a live key out.
+        for j in 0..1_000u64 {
+            let fresh = bucket((j + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F) | 1, "10/1h");
+            let batch = Batch {
+                buckets: smallvec::smallvec![fresh, global.clone()],
+                ..Batch::default()
+            };
+            let out = s.decide(&batch, T0).unwrap();
+            assert!(!out.committed && !out.buckets[1].allowed);
+        }
+        assert_eq!(
+            s.stats().evictions,
+            evictions,
+            "denied requests evicted live keys"
+        );
     }
 
     #[test]

@@ -394,6 +394,14 @@ fn banning_one_ipv6_address_bans_its_group() {
     e.ban(t("ip:198.51.100.7"), None, "one address");
     assert!(!e.check(&login("198.51.100.200")).unwrap().allowed);
     assert!(e.check(&login("198.51.101.1")).unwrap().allowed);
+    // A network narrower than the group (a NAT64 range, a /96 of the /48)
+    // bans its group too: otherwise it would be listed and never match.
+    e.ban(t("ip:198.51.102.0/28"), None, "part of a /24");
+    assert!(!e.check(&login("198.51.102.200")).unwrap().allowed);
+    let ban = e.ban(t("ip:2001:db8:7::/96"), None, "part of a /48");
+    assert_eq!(ban.target, t("ip:2001:db8:7::/48"));
+    assert!(!e.check(&login("2001:db8:7:1::5")).unwrap().allowed);
+    assert!(e.check(&login("2001:db8:8::5")).unwrap().allowed);
 }
 
 #[test]

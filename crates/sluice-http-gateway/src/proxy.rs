@@ -139,7 +139,7 @@ impl Drop for Slot {
     }
 }
 
-fn synthetic_denial(name: &'static str, retry: Duration) -> Decision {
+pub(crate) fn synthetic_denial(name: &'static str, retry: Duration) -> Decision {
     Decision {
         allowed: false,
         retry_after: retry,

@@ -742,9 +742,19 @@ impl RedisStore {
         }
     }
 
-    /// Runs a future on the store's runtime and waits for it from a plain
-    /// thread (the sync [`Store`] methods). From inside a runtime, call the
-    /// async methods instead: a worker blocked here waits for another one.
+    /// Runs a future on the store's runtime and waits for it (the sync
+    /// [`Store`] methods: guards, inspect, embedders without async). Hot
+    /// paths should call the async methods instead.
+    ///
+    /// Called from a worker of a multi-threaded runtime (the gateways'
+    /// connection decisions and guard releases), the wait goes through
+    /// `block_in_place`: otherwise the task spawned here lands in this
+    /// worker's LIFO slot, which no other worker steals from, and could
+    /// only run once the wait had timed out — every such call failed after
+    /// the timeout, and the script then ran anyway (a lease nobody held).
+    /// A current-thread runtime cannot hand its thread over; the store's
+    /// runtime is then another one (the HTTP gateway's workers) and the
+    /// thread simply waits.
     fn block<T: Send + 'static>(
         &self,
         fut: impl Future<Output = Result<T, StoreError>> + Send + 'static,
@@ -754,8 +764,16 @@ impl RedisStore {
             let _ = tx.send(fut.await);
         });
         let wait = self.inner.opts.command_timeout.saturating_mul(2) + Duration::from_millis(50);
-        rx.recv_timeout(wait)
-            .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("no answer within {wait:?}"))))
+        let recv = || {
+            rx.recv_timeout(wait)
+                .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("no answer within {wait:?}"))))
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(recv)
+            }
+            _ => recv(),
+        }
     }
 }
 

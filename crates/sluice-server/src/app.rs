@@ -159,7 +159,13 @@ impl App {
         match file.load(self.now()) {
             Ok(bans) => {
                 let n = bans.len();
-                for b in bans {
+                for mut b in bans {
+                    // Saved under another grouping prefix: regrouped, or a
+                    // ban narrower than today's groups would never match.
+                    b.target = self
+                        .inner
+                        .engine
+                        .with_policy(|p| p.normalizer().normalize(b.target.clone()));
                     self.inner.engine.bans().insert(b);
                 }
                 if n > 0 {

@@ -216,3 +216,63 @@ fn redis_outage_fails_closed_and_recovers() {
         "service died"
     );
 }
+
+/// The TCP gateway decides its connections on Redis: the decisions are
+/// the sync engine calls a gateway makes from the service's runtime, and
+/// they must reach Redis rather than time out (with `on_error = "deny"`,
+/// a timed-out decision would refuse every connection).
+#[test]
+fn tcp_gateway_decides_on_redis() {
+    use std::io::{Read, Write};
+    let Some(redis) = redis_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // An echo upstream.
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in upstream.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 64];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let (api, gw) = (free_port(), free_port());
+    let extra = format!(
+        "on_error = \"deny\"\n\n[concurrency.client.target]\nconnection = 2\n\n[[gateway.tcp]]\nlisten = \"127.0.0.1:{gw}\"\nupstream = \"{up}\"\nside = \"client\"\n"
+    );
+    let path = config(dir.path(), "gw.toml", api, &redis, &extra);
+    let (_s, _url) = serve(&path, api);
+    let echo = |s: &mut std::net::TcpStream| -> bool {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = [0u8; 4];
+        s.write_all(b"ping").is_ok() && s.read_exact(&mut got).is_ok() && &got == b"ping"
+    };
+    // Two connections held open: both relayed (each a lease in Redis).
+    let mut a = std::net::TcpStream::connect(("127.0.0.1", gw)).unwrap();
+    let mut b = std::net::TcpStream::connect(("127.0.0.1", gw)).unwrap();
+    assert!(echo(&mut a), "first connection not relayed");
+    assert!(echo(&mut b), "second connection not relayed");
+    // A third from the same address is over the cap of 2: refused.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", gw)).unwrap();
+    assert!(!echo(&mut c), "third connection relayed past a cap of 2");
+    // Closing one gives its lease back: a new connection is relayed.
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut d = std::net::TcpStream::connect(("127.0.0.1", gw)).unwrap();
+        if echo(&mut d) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection's lease was not released"
+        );
+        std::thread::yield_now();
+    }
+}
