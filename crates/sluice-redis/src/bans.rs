@@ -14,6 +14,15 @@
 //! within two intervals (one for the placer to write it, one for the others
 //! to read it): 2 s with the default 1 s.
 //!
+//! A hash that vanished (Redis restarted without persistence, or was
+//! flushed) is not a list of lifted bans: a generation key
+//! (`{prefix}bans:gen`, a random value set once with `SET NX`) changes
+//! with it, and an instance that sees a new generation forgets what it saw
+//! last and publishes its bans again instead of lifting them. Changes taken
+//! from the hash are reported to the caller (`sluice serve` then saves its
+//! ban file), so a ban lifted elsewhere does not come back from an
+//! instance's file when it restarts.
+//!
 //! [`Bans`]: sluice_core::Bans
 
 use std::collections::HashMap;
@@ -57,28 +66,73 @@ fn decode(target: &str, v: &str) -> Option<Ban> {
     })
 }
 
+/// What one instance remembers between merges: the hash as it last saw
+/// it, and the hash's generation.
+#[derive(Debug, Default, Clone)]
+pub struct BanSync {
+    base: HashMap<String, String>,
+    generation: Option<String>,
+}
+
+impl BanSync {
+    /// Nothing seen yet: the first merge publishes every local ban.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
 impl RedisStore {
     /// Keeps `engine`'s bans and the shared hash in step, every `interval`,
-    /// until the runtime shuts down. Also refreshes the key count and the
-    /// live lease count for metrics. Errors are logged and retried at the
-    /// next tick. Runs on the store's runtime, so it may be called from any
-    /// thread.
-    pub fn sync_bans(&self, engine: Engine, interval: Duration) -> tokio::task::JoinHandle<()> {
+    /// until the runtime shuts down; `changed` is called after a merge that
+    /// changed the local bans (to save them). Also refreshes the key count
+    /// and the live lease count for metrics. Errors are logged and retried
+    /// at the next tick. Runs on the store's runtime, so it may be called
+    /// from any thread.
+    pub fn sync_bans(
+        &self,
+        engine: Engine,
+        interval: Duration,
+        changed: impl Fn() + Send + Sync + 'static,
+    ) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         self.runtime().spawn(async move {
-            let mut base: HashMap<String, String> = HashMap::new();
+            let mut state = BanSync::new();
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                match this.sync_once(&engine, &base).await {
-                    Ok(b) => base = b,
+                match this.sync_once(&engine, &mut state).await {
+                    Ok(true) => changed(),
+                    Ok(false) => {}
                     Err(e) => tracing::debug!("ban sync: {e}"),
                 }
                 let _ = this.count_keys().await;
                 let _ = this.count_leases(engine.now()).await;
             }
         })
+    }
+
+    /// The hash's generation, set now if it has none (a new or emptied
+    /// Redis).
+    async fn ban_generation(&self) -> Result<String, sluice_core::StoreError> {
+        let key = self.keys().ban_generation();
+        let mut get = redis::cmd("GET");
+        get.arg(&key);
+        if let Some(g) = self.conn_cmd::<Option<String>>(get.clone()).await? {
+            return Ok(g);
+        }
+        let fresh = format!(
+            "{:x}-{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+            std::process::id()
+        );
+        let mut set = redis::cmd("SET");
+        set.arg(&key).arg(&fresh).arg("NX");
+        self.conn_cmd::<Option<String>>(set).await?;
+        // Whoever set it first, everyone reads the same one.
+        Ok(self.conn_cmd::<Option<String>>(get).await?.unwrap_or(fresh))
     }
 
     /// Counts the keys in Redis now (`DBSIZE`, summed over a Cluster's
@@ -91,12 +145,23 @@ impl RedisStore {
         Ok(n)
     }
 
-    /// One merge; returns the new base (the hash as it now stands).
+    /// One merge; `state` is what this instance saw at the last one.
+    /// Returns whether the local bans changed.
     pub async fn sync_once(
         &self,
         engine: &Engine,
-        base: &HashMap<String, String>,
-    ) -> Result<HashMap<String, String>, sluice_core::StoreError> {
+        state: &mut BanSync,
+    ) -> Result<bool, sluice_core::StoreError> {
+        let generation = self.ban_generation().await?;
+        if state.generation.as_deref() != Some(generation.as_str()) {
+            // A new hash: nothing in it was lifted by anyone.
+            if state.generation.is_some() {
+                tracing::warn!("shared bans were lost from Redis (restarted or flushed): publishing this instance's again");
+            }
+            state.base.clear();
+        }
+        let base = &state.base;
+        let mut changed = false;
         let key = self.keys().bans();
         let mut remote: HashMap<String, String> = {
             let mut c = redis::cmd("HGETALL");
@@ -116,6 +181,7 @@ impl RedisStore {
                 if let Some(b) = decode(t, rv) {
                     if b.active(now) {
                         engine.bans().insert(b);
+                        changed = true;
                     }
                 }
             }
@@ -123,7 +189,7 @@ impl RedisStore {
         for (t, _) in base.iter().filter(|(t, _)| !remote.contains_key(*t)) {
             if local.contains_key(t) {
                 if let Ok(target) = t.parse::<Target>() {
-                    engine.bans().remove(&target);
+                    changed |= engine.bans().remove(&target).is_some();
                 }
             }
         }
@@ -160,7 +226,9 @@ impl RedisStore {
             }
             self.conn_cmd::<i64>(c).await?;
         }
-        Ok(remote)
+        state.base = remote;
+        state.generation = Some(generation);
+        Ok(changed)
     }
 }
 

@@ -59,6 +59,10 @@ impl Keys {
     pub(crate) fn bans(&self) -> String {
         format!("{}bans", self.prefix)
     }
+
+    pub(crate) fn ban_generation(&self) -> String {
+        format!("{}bans:gen", self.prefix)
+    }
 }
 
 #[cfg(test)]

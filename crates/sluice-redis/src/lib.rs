@@ -41,7 +41,8 @@
 //! # async fn demo(policy: Policy) -> Result<(), Box<dyn std::error::Error>> {
 //! let store = RedisStore::connect(Options::new("redis://127.0.0.1:6379")).await?;
 //! let engine = Engine::new(policy, Arc::new(store.clone()), Arc::new(CoarseClock::new()));
-//! store.sync_bans(engine.clone(), std::time::Duration::from_secs(1));
+//! // Merge shared bans every second (the callback runs when local bans changed).
+//! store.sync_bans(engine.clone(), std::time::Duration::from_secs(1), || {});
 //!
 //! let req = Request::client("registration").ip("203.0.113.7".parse()?);
 //! let plan = engine.plan(&req, Mode::Check)?;
@@ -60,4 +61,5 @@ mod keys;
 mod local;
 mod store;
 
+pub use bans::BanSync;
 pub use store::{ConnectError, FailMode, Options, RedisStats, RedisStore, TimeSource};

@@ -21,7 +21,7 @@ use sluice_core::{
     Ban, BanSource, Engine, FakeClock, Limit, LimitKind, Mode, Per, Policy, Request, Scope, Side, Target,
     TargetKind,
 };
-use sluice_redis::{Options, RedisStore, TimeSource};
+use sluice_redis::{BanSync, Options, RedisStore, TimeSource};
 
 /// The cluster's slot ranges and their nodes (`CLUSTER SLOTS`), and a way
 /// to tell which node holds a hash tag.
@@ -376,8 +376,10 @@ fn bans_are_shared_on_a_cluster() {
         source: BanSource::Manual,
     });
     rt.block_on(async {
-        let base_a = a.store.sync_once(&a.engine, &HashMap::new()).await.unwrap();
-        let base_b = b.store.sync_once(&b.engine, &HashMap::new()).await.unwrap();
+        let mut base_a = BanSync::new();
+        let mut base_b = BanSync::new();
+        a.store.sync_once(&a.engine, &mut base_a).await.unwrap();
+        b.store.sync_once(&b.engine, &mut base_b).await.unwrap();
         let ip: IpAddr = "198.51.100.9".parse().unwrap();
         assert!(b
             .engine
@@ -385,8 +387,8 @@ fn bans_are_shared_on_a_cluster() {
             .find(&Target::Ip(ip.into()), b.engine.now())
             .is_some());
         b.engine.bans().remove(&t);
-        b.store.sync_once(&b.engine, &base_b).await.unwrap();
-        a.store.sync_once(&a.engine, &base_a).await.unwrap();
+        b.store.sync_once(&b.engine, &mut base_b).await.unwrap();
+        a.store.sync_once(&a.engine, &mut base_a).await.unwrap();
         assert!(
             a.engine.bans().list(a.engine.now()).is_empty(),
             "unban not shared"

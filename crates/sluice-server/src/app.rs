@@ -125,7 +125,6 @@ impl App {
     pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, ServerError> {
         let backend = crate::backend::Backend::open(&config)?;
         let engine = Engine::new(config.policy.clone(), backend.store(), clock);
-        backend.start(&engine);
         let state_dir = config.server.state_dir.clone().or_else(default_state_dir);
         let bans_file = state_dir.as_deref().map(BanFile::in_dir);
         let admin_token = read_token(&config.server.admin_token_file)?;
@@ -148,6 +147,16 @@ impl App {
             }),
         };
         app.restore_bans();
+        // After the restore, so the first merge publishes restored bans. A
+        // merge that changed the local bans saves the file (a ban lifted
+        // elsewhere must not come back from it at the next start); weak, so
+        // the merging task does not keep the service alive.
+        let weak = Arc::downgrade(&app.inner);
+        app.inner.backend.start(&app.inner.engine, move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.persist.notify_one();
+            }
+        });
         Ok(app)
     }
 

@@ -65,10 +65,11 @@ impl Backend {
         }
     }
 
-    /// Background work: merging shared bans.
-    pub(crate) fn start(&self, engine: &Engine) {
+    /// Background work: merging shared bans; `changed` runs when the
+    /// merge changed the local ones (the ban file is then saved).
+    pub(crate) fn start(&self, engine: &Engine, changed: impl Fn() + Send + Sync + 'static) {
         if let Backend::Redis(r) = self {
-            r.sync_bans(engine.clone(), BAN_SYNC);
+            r.sync_bans(engine.clone(), BAN_SYNC, changed);
         }
     }
 }
