@@ -131,18 +131,30 @@ impl Local {
             && batch.buckets.iter().all(|b| !b.shadow && b.cost > 0)
     }
 
-    /// Extra units to ask Redis for, per bucket.
-    pub(crate) fn extras(&self, batch: &Batch) -> smallvec::SmallVec<[u64; 4]> {
+    /// The most units a bucket's pool may hold: `(n − 1)·cost`.
+    fn pool_cap(&self, cost: u64) -> u64 {
+        (self.batch - 1).saturating_mul(cost)
+    }
+
+    /// Extra units to ask Redis for, per bucket: what tops its pool up to
+    /// `(n − 1)·cost` (a bucket whose decisions keep going to Redis because
+    /// another bucket of theirs has run dry must not pile up units).
+    pub(crate) fn extras(&self, batch: &Batch, now: Nanos) -> smallvec::SmallVec<[u64; 4]> {
         let eligible = self.eligible(batch);
         batch
             .buckets
             .iter()
             .map(|b| {
-                if eligible {
-                    (self.batch - 1).saturating_mul(b.cost)
-                } else {
-                    0
+                if !eligible {
+                    return 0;
                 }
+                let held = self
+                    .shard(b.key)
+                    .pools
+                    .get(&b.key)
+                    .filter(|p| p.until > now)
+                    .map_or(0, |p| p.units);
+                self.pool_cap(b.cost).saturating_sub(held)
             })
             .collect()
     }
@@ -208,21 +220,84 @@ impl Local {
                     sh.pools.retain(|_, p| p.until > now);
                 }
                 if sh.pools.len() < SHARD_CAP {
-                    let left = sh
+                    // Units held stay to their first deadline (topping up
+                    // does not extend it), and never above the cap: what
+                    // concurrent fetches granted beyond it lapses unused
+                    // (stricter, never looser).
+                    let (left, until) = sh
                         .pools
                         .get(&b.key)
                         .filter(|p| p.until > now)
-                        .map_or(0, |p| p.units);
+                        .map_or((0, now.saturating_add(self.hold)), |p| (p.units, p.until));
                     sh.pools.insert(
                         b.key,
                         Pool {
-                            units: left.saturating_add(got),
+                            units: left.saturating_add(got).min(self.pool_cap(b.cost)),
                             tat: now.saturating_add(r.snapshot.reset),
-                            until: now.saturating_add(self.hold),
+                            until,
                         },
                     );
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::store::Bucket;
+    use sluice_core::{Rate, Target};
+
+    fn bucket(key: u64) -> Bucket {
+        Bucket {
+            key,
+            limit: sluice_core::policy::intern("client.target.login.ip"),
+            target: Target::Global,
+            gcra: Rate::new(1000, std::time::Duration::from_secs(1))
+                .expect("a rate")
+                .gcra(),
+            cost: 1,
+            shadow: false,
+        }
+    }
+
+    /// A bucket whose decisions keep going to Redis (its partner bucket
+    /// has run dry) never holds more than `(n − 1)·cost` units, and topping
+    /// up does not extend how long they are held.
+    #[test]
+    fn pools_hold_at_most_n_minus_one_costs() {
+        let local = Local::new(false, 5, 1_000);
+        let batch = Batch {
+            buckets: smallvec::smallvec![bucket(1), bucket(2)],
+            ..Batch::default()
+        };
+        let out = |allowed: [bool; 2]| Outcome {
+            buckets: allowed
+                .iter()
+                .map(|&a| BucketResult {
+                    allowed: a,
+                    retry_after: None,
+                    snapshot: Snapshot {
+                        remaining: 0,
+                        reset: 0,
+                    },
+                })
+                .collect(),
+            slots: smallvec::SmallVec::new(),
+            committed: false,
+        };
+        for t in 0..50u64 {
+            let extras = local.extras(&batch, t);
+            // Redis grants bucket 1 everything asked, bucket 2 nothing.
+            local.learn(&batch, &out([true, true]), &[extras[0], 0], t);
+            let held = local.shard(1).pools.get(&1).map_or(0, |p| p.units);
+            assert!(held <= 4, "pool grew to {held} at {t}");
+            // And again, as if two fetches had raced.
+            local.learn(&batch, &out([true, true]), &[4, 0], t);
+            let p = local.shard(1).pools.get(&1).copied().expect("a pool");
+            assert!(p.units <= 4, "raced pool grew to {}", p.units);
+            assert_eq!(p.until, 1_000, "topping up extended the hold");
         }
     }
 }

@@ -406,7 +406,7 @@ impl RedisStore {
             return Ok(o);
         }
         i.remote.fetch_add(1, Ordering::Relaxed);
-        let extras = i.local.extras(batch);
+        let extras = i.local.extras(batch, now);
         let t = i.opts.command_timeout;
         match tokio::time::timeout(t, self.remote(batch, now, &extras)).await {
             Ok(Ok((out, granted))) => {
