@@ -50,6 +50,8 @@ pub(crate) struct Inner {
     pub privacy: ArcSwap<Privacy>,
     pub bans_file: Option<BanFile>,
     pub persist: Notify,
+    /// Held while a reload applies (see [`App::reload`]).
+    pub reload_lock: std::sync::Mutex<()>,
     /// Extra metric families (gateways), appended to `/metrics`.
     pub extra_metrics: std::sync::Mutex<Vec<MetricsSource>>,
     /// Flips to `true` when the service starts shutting down.
@@ -139,6 +141,7 @@ impl App {
                 config: ArcSwap::from_pointee(config),
                 bans_file,
                 persist: Notify::new(),
+                reload_lock: std::sync::Mutex::new(()),
                 save_lock: std::sync::Mutex::new(()),
                 extra_metrics: std::sync::Mutex::new(Vec::new()),
                 shutdown: tokio::sync::watch::channel(false).0,
@@ -208,21 +211,45 @@ impl App {
     /// Re-reads the config file and applies its policy; counters and bans
     /// are kept. An invalid file is refused and the old config stays.
     pub fn reload(&self) -> Result<(), ServerError> {
+        // One reload at a time (SIGHUP and the admin API may race): the
+        // engine, token, privacy and config all come from one file.
+        let _one = self.inner.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.config();
         let Some(path) = old.source.clone() else {
             tracing::info!("reload: no config file, the built-in preset stays");
             return Ok(());
         };
-        let new = match sluice_config::load(&path) {
+        let mut new = match sluice_config::load(&path) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("reload refused, keeping the running config: {e}");
                 return Err(e.into());
             }
         };
-        let token = read_token(&new.server.admin_token_file)?;
-        if new.server.listen != old.server.listen || new.store.max_keys != old.store.max_keys {
-            tracing::warn!("reload: server.listen and store settings take effect on restart only");
+        let token = match read_token(&new.server.admin_token_file) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("reload refused, keeping the running config: {e}");
+                return Err(e);
+            }
+        };
+        // What was set up at start stays as it was until a restart, so the
+        // running config says what is really in force (the gateways read
+        // `store.on_error` from it; the store keeps the mode it opened with).
+        if new.store != old.store {
+            tracing::warn!("reload: [store] takes effect on restart only; the running store settings stay");
+            new.store = old.store.clone();
+        }
+        if new.gateway != old.gateway {
+            tracing::warn!(
+                "reload: [[gateway.*]] listeners take effect on restart only; the running ones stay"
+            );
+            new.gateway = old.gateway.clone();
+        }
+        if new.server.listen != old.server.listen || new.server.state_dir != old.server.state_dir {
+            tracing::warn!("reload: server.listen and server.state_dir take effect on restart only");
+            new.server.listen = old.server.listen;
+            new.server.state_dir.clone_from(&old.server.state_dir);
         }
         self.inner.engine.reload(new.policy.clone());
         self.inner.metrics.update(&new.policy);
@@ -376,5 +403,57 @@ pub(crate) fn reason_str(d: &Decision) -> &'static str {
         Reason::Blocked(_) => "blocked",
         Reason::Limited(_) => "limited",
         Reason::TooLarge(_) => "too_large",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reload applies the policy but not what was set up at start: the
+    /// running config keeps the store it opened (the gateways read
+    /// `store.on_error` from it) and the listeners it bound.
+    #[test]
+    fn reload_keeps_restart_only_sections() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("sluice.toml");
+        let state = dir.path().join("state");
+        let write = |extra: &str| {
+            std::fs::write(
+                &path,
+                format!("[server]\nstate_dir = {:?}\n{extra}", state.display().to_string()),
+            )
+            .expect("config written");
+        };
+        write("[store]\non_error = \"allow\"\n");
+        let config = sluice_config::load(&path).expect("a valid config");
+        let app = App::with_clock(config, Arc::new(sluice_core::FakeClock::new())).expect("an app");
+        write(
+            "[store]\non_error = \"deny\"\n\n[limits.client.global]\nregistration = \"2/1d\"\n\n[[gateway.tcp]]\nlisten = \"127.0.0.1:15222\"\nupstream = \"127.0.0.1:5222\"\nside = \"client\"\n",
+        );
+        app.reload().expect("the new file is valid");
+        let c = app.config();
+        assert_eq!(
+            c.store.on_error,
+            sluice_config::OnError::Allow,
+            "store settings changed by a reload"
+        );
+        assert!(
+            c.gateway.tcp.is_empty(),
+            "a listener appeared in the running config"
+        );
+        let rate = |app: &App| {
+            app.engine().with_policy(|p| {
+                p.limits()
+                    .iter()
+                    .find(|l| l.name == "client.global.registration")
+                    .map(|l| format!("{:?}", l.kind))
+            })
+        };
+        assert_eq!(
+            rate(&app).as_deref(),
+            Some("Rate(Rate(2/1d))"),
+            "the new policy was not applied"
+        );
     }
 }
