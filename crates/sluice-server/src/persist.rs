@@ -139,8 +139,14 @@ fn parse(text: &str) -> Result<Vec<Ban>, String> {
     }
     file.bans
         .into_iter()
-        .map(|e| {
-            let target: Target = e.target.parse().map_err(|err| format!("{}: {err}", e.target))?;
+        .enumerate()
+        .map(|(i, e)| {
+            // The entry's position, not its value: this error is logged, and
+            // a target may be a client's address.
+            let target: Target = e
+                .target
+                .parse()
+                .map_err(|_| format!("ban {} of the file: not a valid target", i + 1))?;
             let source = match e.source.as_str() {
                 "manual" => BanSource::Manual,
                 "auto" => BanSource::Auto,
