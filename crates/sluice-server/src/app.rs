@@ -126,6 +126,7 @@ impl App {
     /// Builds the service with an injected clock (tests use a fake one).
     pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, ServerError> {
         let backend = crate::backend::Backend::open(&config)?;
+        backend.check_policy(&config.policy)?;
         let engine = Engine::new(config.policy.clone(), backend.store(), clock);
         let state_dir = config.server.state_dir.clone().or_else(default_state_dir);
         let bans_file = state_dir.as_deref().map(BanFile::in_dir);
@@ -233,6 +234,10 @@ impl App {
                 return Err(e);
             }
         };
+        if let Err(e) = self.inner.backend.check_policy(&new.policy) {
+            tracing::error!("reload refused, keeping the running config: {e}");
+            return Err(e);
+        }
         // What was set up at start stays as it was until a restart, so the
         // running config says what is really in force (the gateways read
         // `store.on_error` from it; the store keeps the mode it opened with).

@@ -51,6 +51,26 @@ impl Backend {
         })
     }
 
+    /// Refuses a policy this store cannot keep exact: on Redis, a rate
+    /// whose bucket spans more than [`sluice_redis::MAX_EXACT_SPAN`]
+    /// (~104 days; "5/365d" is one) would be admitted by the script and
+    /// judged denied by the engine.
+    pub(crate) fn check_policy(&self, policy: &sluice_core::Policy) -> Result<(), ServerError> {
+        if let Backend::Redis(_) = self {
+            for l in policy.limits() {
+                if let sluice_core::LimitKind::Rate(r) = &l.kind {
+                    if !RedisStore::exact_for(&r.gcra()) {
+                        return Err(ServerError::Store(format!(
+                            "limit {} ({r}): its bucket spans more than the Redis store keeps exact (about 104 days); use a shorter period or a smaller burst",
+                            l.name
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn store(&self) -> Arc<dyn Store> {
         match self {
             Backend::Memory(m) => m.clone(),

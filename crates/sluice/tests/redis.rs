@@ -276,3 +276,28 @@ fn tcp_gateway_decides_on_redis() {
         std::thread::yield_now();
     }
 }
+
+/// A limit whose bucket spans more than the Redis store keeps exact (~104
+/// days) is refused at start, naming the limit, rather than judged one way
+/// by the script and another by the engine.
+#[test]
+fn limits_beyond_the_exact_span_are_refused_on_redis() {
+    let Some(redis) = redis_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), "long.toml", free_port(), &redis, "");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("login = \"5/1h\"", "login = \"5/365d\"");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("client.target.login.ip") && err.contains("104 days"),
+        "{err}"
+    );
+}
