@@ -368,6 +368,10 @@ struct Context<'p> {
     dry_run: bool,
 }
 
+/// Bans held at most before automatic bans stop being placed (~15 MB of
+/// bans); manual bans are always placed.
+pub const MAX_AUTO_BANS: usize = 100_000;
+
 /// The largest decision the fast path plans on the stack.
 const FAST_BUCKETS: usize = 4;
 
@@ -1077,6 +1081,16 @@ impl Engine {
             let dur = rule.ban.saturating_mul(factor).min(rule.max_ban.max(rule.ban));
             let expires = now.saturating_add(nanos(dur));
             st.offenses.insert(target.clone(), (level + 1, expires));
+            // Bounded: an attacker with many addresses (an IPv6 /32 holds
+            // 2^32 /64s) must not grow the ban list without end. Expired
+            // bans go first; at the cap no more automatic bans are placed
+            // (the limits still deny).
+            if self.inner.bans.len() >= MAX_AUTO_BANS {
+                self.inner.bans.purge(now);
+                if self.inner.bans.len() >= MAX_AUTO_BANS {
+                    continue;
+                }
+            }
             let ban = Ban {
                 target: target.clone(),
                 reason: format!(

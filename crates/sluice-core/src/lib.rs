@@ -54,7 +54,7 @@ pub mod time;
 pub use bans::{Ban, BanSource, Bans};
 pub use engine::{
     Admission, Decision, Engine, EngineError, Guard, Lease, LimitOutcome, LimitReport, Mode, Plan, Reason,
-    Request, Targets,
+    Request, Targets, MAX_AUTO_BANS,
 };
 pub use memory::{MemoryStats, MemoryStore};
 pub use policy::{

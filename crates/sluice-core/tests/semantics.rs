@@ -746,6 +746,38 @@ fn deny_until_banned(e: &Engine, req: &Request<'_>, max: usize) -> (usize, sluic
 }
 
 #[test]
+fn automatic_bans_are_bounded() {
+    // An attacker with a whole IPv6 range trips the rule from one /64
+    // after another: the ban list stops growing at the cap (the limits
+    // still deny), and expired bans make room again.
+    let policy = login_policy("1/1d").autoban(autoban_rule(1)).build();
+    // A store with room for every attacker's key (a smaller one would, as
+    // designed, start new keys from its sketch of evicted heavy ones).
+    let clock = FakeClock::new();
+    let e = Engine::new(
+        policy,
+        Arc::new(MemoryStore::new(1 << 18)),
+        Arc::new(clock.clone()),
+    );
+    let cap = sluice_core::MAX_AUTO_BANS;
+    for i in 0..=cap as u64 {
+        let req = login(&format!("2001:db8:{:x}:{:x}::1", i >> 16, i & 0xffff));
+        assert!(e.check(&req).unwrap().allowed);
+        assert!(!e.check(&req).unwrap().allowed);
+    }
+    assert_eq!(e.bans().len(), cap);
+    // A manual ban is still placed.
+    e.ban(t("ip:198.51.100.0/24"), None, "by hand");
+    assert_eq!(e.bans().len(), cap + 1);
+    // Once the automatic ones have expired, new ones are placed again.
+    clock.advance(11 * MIN);
+    let req = login("2001:db8:ffff:1::1");
+    assert!(e.check(&req).unwrap().allowed);
+    assert!(e.check(&req).unwrap().banned.is_some());
+    assert_eq!(e.bans().len(), 2);
+}
+
+#[test]
 fn autoban_after_n_denials_doubling_up_to_the_cap_then_forgotten() {
     let policy = login_policy("1/1d").autoban(autoban_rule(3)).build();
     let (e, clock) = engine(policy);

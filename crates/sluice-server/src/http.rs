@@ -79,14 +79,26 @@ fn bad(app: &App, e: FieldError) -> Response {
         .into_response()
 }
 
+/// How long a request body may take to arrive: a client trickling one
+/// must not hold a connection and a worker's attention for ever.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
 async fn body_bytes(app: &App, body: Body) -> Result<axum::body::Bytes, Response> {
     let limit = app.config().server.max_body_bytes;
-    to_bytes(body, limit).await.map_err(|_| {
-        bad(
+    match tokio::time::timeout(BODY_TIMEOUT, to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(bad(
             app,
             FieldError::new("body", format!("unreadable or larger than {limit} bytes")),
+        )),
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            axum::Json(
+                json!({"error": format!("the body did not arrive within {BODY_TIMEOUT:?}"), "field": "body"}),
+            ),
         )
-    })
+            .into_response()),
+    }
 }
 
 fn limit_json(l: &LimitReport) -> Value {
@@ -662,5 +674,41 @@ async fn admin_reload(State(app): State<App>) -> Response {
     match app.reload() {
         Ok(()) => axum::Json(json!({"reloaded": true})).into_response(),
         Err(e) => bad(&app, FieldError::new("config", e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A client that sent its headers and then nothing of its body.
+    struct Silent;
+
+    impl axum::body::HttpBody for Silent {
+        type Data = axum::body::Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_body_is_answered_408() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let text = format!("[server]\nstate_dir = {:?}\n", dir.path().display().to_string());
+        let config = sluice_config::parse(&text, "test.toml").expect("a valid config");
+        let app =
+            App::with_clock(config, std::sync::Arc::new(sluice_core::FakeClock::new())).expect("an app");
+        let start = tokio::time::Instant::now();
+        let resp = body_bytes(&app, Body::new(Silent))
+            .await
+            .expect_err("no body came");
+        assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(start.elapsed(), BODY_TIMEOUT);
     }
 }
