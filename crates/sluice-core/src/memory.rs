@@ -381,18 +381,25 @@ impl MemoryStore {
 
     /// Consumes from one bucket if it allows: where and what was committed,
     /// or the TAT that denied it.
-    fn consume(&self, b: &KeyedBucket, now: Nanos) -> Result<Commit, Nanos> {
+    ///
+    /// `rest`: the decision's later buckets. A key with no cell is only
+    /// given one if the request would pass — this bucket, and `rest` as
+    /// they stand (an undo cannot bring back a key the claim evicted):
+    /// `Ok(None)` when a later bucket would deny, nothing claimed.
+    fn consume(&self, b: &KeyedBucket, now: Nanos, rest: &[KeyedBucket]) -> Result<Option<Commit>, Nanos> {
         let g = b.gcra;
         let fp = fingerprint(b.key);
         loop {
             let (pos, word) = match self.find(fp) {
                 Some(found) => found,
                 None => {
-                    // A key with no cell is only given one if this request
-                    // would pass: denied requests never evict anyone.
+                    // Denied requests never evict anyone.
                     let est = self.sketch.estimate(fp, now);
                     if !matches!(g.check(est, now, b.cost), Verdict::Allow { .. }) {
                         return Err(est);
+                    }
+                    if !self.rest_would_allow(rest, now) {
+                        return Ok(None);
                     }
                     self.claim(fp, now)
                 }
@@ -433,11 +440,11 @@ impl MemoryStore {
                     .key
                     .compare_exchange(fp, fp | HEAVY, Ordering::AcqRel, Ordering::Relaxed);
             }
-            return Ok(Commit {
+            return Ok(Some(Commit {
                 pos,
                 before: cur,
                 after: new_tat,
-            });
+            }));
         }
     }
 
@@ -478,28 +485,24 @@ impl MemoryStore {
         };
         let mut denied = dry_run;
         let mut any_shadow = false;
-        for (i, ((b, r), c)) in buckets
-            .iter()
-            .zip(results.iter_mut())
-            .zip(commits.iter_mut())
-            .enumerate()
-        {
+        // The buckets after the current one (a slice walked along with the
+        // loop: an index and a re-slice per bucket were measured).
+        let mut later = buckets.get(1..).unwrap_or_default();
+        for ((b, r), c) in buckets.iter().zip(results.iter_mut()).zip(commits.iter_mut()) {
+            let rest = later;
+            later = later.get(1..).unwrap_or_default();
             if b.shadow || denied {
                 any_shadow |= b.shadow;
                 *r = read(b);
                 continue;
             }
-            // A key with no cell would claim one, possibly evicting a live
-            // key, and an undo does not bring that key back: if a later
-            // bucket denies as things stand, the request is denied here,
-            // before anything is claimed (denied requests never evict).
-            if self.find(fingerprint(b.key)).is_none() && !self.rest_would_allow(&buckets[i + 1..], now) {
-                denied = true;
-                *r = read(b);
-                continue;
-            }
-            match self.consume(b, now) {
-                Ok(done) => {
+            match self.consume(b, now, rest) {
+                // A later bucket would deny: nothing claimed (see `consume`).
+                Ok(None) => {
+                    denied = true;
+                    *r = read(b);
+                }
+                Ok(Some(done)) => {
                     *r = KeyedResult {
                         tat: done.after,
                         applied: true,
@@ -534,11 +537,12 @@ impl MemoryStore {
         if any_shadow {
             for (b, r) in buckets.iter().zip(results.iter_mut()) {
                 if b.shadow {
-                    *r = match self.consume(b, now) {
-                        Ok(c) => KeyedResult {
+                    *r = match self.consume(b, now, &[]) {
+                        Ok(Some(c)) => KeyedResult {
                             tat: c.after,
                             applied: true,
                         },
+                        Ok(None) => read(b),
                         Err(tat) => KeyedResult { tat, applied: false },
                     };
                 }
@@ -548,6 +552,9 @@ impl MemoryStore {
     }
 
     /// Whether every enforced bucket of `rest` would allow as it stands.
+    /// Only for keys with no cell yet: kept out of line, off the common path.
+    #[cold]
+    #[inline(never)]
     fn rest_would_allow(&self, rest: &[KeyedBucket], now: Nanos) -> bool {
         rest.iter().filter(|b| !b.shadow).all(|b| {
             let tat = self.read(fingerprint(b.key), now);
