@@ -51,6 +51,45 @@ async fn per_ip_cap_and_listener_cap_apply_independently() {
     assert_eq!(gw.metrics.accepted(), 4);
 }
 
+/// A full lease table is not a store outage to ride through: admitting
+/// would skip every connection limit, so the connection is refused even
+/// with the default `on_error = "allow"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_lease_table_refuses_connections() {
+    let up = Upstream::echo(false).await;
+    let gw = start(
+        up.addr,
+        "",
+        "[store]\nmax_keys = 1024\n\n[concurrency.client.target]\nconnection = 2\n",
+    )
+    .await;
+    // Every lease the store can hold, taken by other addresses.
+    let mut held = Vec::new();
+    for i in 0..1024u32 {
+        let ip = std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0A00_0000 + i));
+        let g = gw
+            .app
+            .engine()
+            .acquire_guard(&sluice_core::Request::client("connection").ip(ip))
+            .expect("the store answers")
+            .unwrap_or_else(|d| panic!("lease {i} refused: {:?}", d.reason));
+        held.push(g);
+    }
+    let mut c = connect_from("127.0.0.2", gw.addr).await;
+    // Bounded: an admitted connection would stay open (the upstream echoes).
+    let closed = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut c)).await;
+    assert!(
+        closed.is_ok_and(|b| b.is_empty()),
+        "admitted past every connection limit"
+    );
+    assert_eq!(gw.metrics.refused(Refusal::StoreError), 1);
+    assert!(up.seen().is_empty());
+    // A lease given back makes room.
+    held.pop();
+    let mut d = connect_from("127.0.0.2", gw.addr).await;
+    assert!(echoes(&mut d).await);
+}
+
 #[tokio::test(start_paused = true)]
 async fn new_connections_per_ip_and_global_per_period() {
     let up = Upstream::echo(false).await;
