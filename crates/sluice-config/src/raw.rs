@@ -263,6 +263,7 @@ pub(crate) struct RawHttp {
     pub rule: Vec<S<RawRule>>,
     pub long_polls_per_account: Option<S<i64>>,
     pub body_timeout: Option<S<String>>,
+    pub upstream_timeout: Option<S<String>>,
     pub workers: Option<S<i64>>,
 }
 

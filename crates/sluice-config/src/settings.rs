@@ -289,6 +289,11 @@ pub struct HttpGateway {
     /// `client_body_timeout`; default 60 s), so a trickled upload cannot
     /// hold its slots and an upstream connection.
     pub body_timeout: std::time::Duration,
+    /// How long the upstream may take to start answering a request that
+    /// is not a long poll (nginx's `proxy_read_timeout`; default 60 s):
+    /// past it the client gets 504 and its slots are freed. Long polls
+    /// (`/sync`, JMAP push) wait as long as the upstream holds them.
+    pub upstream_timeout: std::time::Duration,
     /// Threads serving this gateway's connections, each with its own
     /// single-threaded runtime and upstream connections; `None`: one per
     /// core.

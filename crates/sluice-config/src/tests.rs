@@ -1106,6 +1106,12 @@ fn http_gateway_options() {
     let c = ok(&m("body_timeout = \"500ms\"\n"));
     assert_eq!(c.gateway.http[0].body_timeout, Duration::from_millis(500));
     err_at(&m("body_timeout = \"soon\"\n"), 5, 16, "period");
+    assert_eq!(
+        ok(&m("")).gateway.http[0].upstream_timeout,
+        Duration::from_secs(60)
+    );
+    let c = ok(&m("upstream_timeout = \"2m\"\n"));
+    assert_eq!(c.gateway.http[0].upstream_timeout, Duration::from_secs(120));
     let c = ok(&m("real_ip_header = \"forwarded\"\n"));
     assert_eq!(c.gateway.http[0].real_ip_header, crate::RealIpHeader::Forwarded);
     err_at(&m("real_ip_header = \"x-real-ip\"\n"), 5, 18, "unknown variant");

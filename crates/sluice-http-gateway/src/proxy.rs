@@ -513,7 +513,28 @@ impl Gateway {
         strip_hop_by_hop(&mut parts.headers, upgrade);
         self.rewrite_forwarding(&mut parts.headers, &origin, peer.ip(), &config, host.as_deref());
         let up_req = Request::from_parts(parts, up_body);
-        let mut resp = match self.send(up_req).await {
+        // A long poll waits as long as the upstream holds it; anything else
+        // gets `upstream_timeout` to start answering.
+        let sent = if route.long_poll {
+            self.send(up_req).await
+        } else {
+            match tokio::time::timeout(self.shared.cfg.upstream_timeout, self.send(up_req)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.shared
+                        .counters
+                        .upstream_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(upstream = %self.shared.base, "http gateway: no answer from the upstream within {:?}", self.shared.cfg.upstream_timeout);
+                    return respond::upstream_error(
+                        self.protocol(),
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the upstream did not answer in time",
+                    );
+                }
+            }
+        };
+        let mut resp = match sent {
             Ok((r, lent)) => {
                 // Back to the worker's stack once the answer has been sent.
                 if let Some(lent) = lent {

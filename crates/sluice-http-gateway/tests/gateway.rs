@@ -948,6 +948,32 @@ async fn stalled_uploads_time_out() {
     assert_eq!(r.status, 200, "{:?}", r.json());
 }
 
+/// An upstream that does not start answering within `upstream_timeout`
+/// (real time: 200 ms here) gets the client a 504; a long poll is not cut.
+#[tokio::test]
+async fn a_silent_upstream_is_answered_504() {
+    let h = start("matrix", TRUSTING, "upstream_timeout = \"200ms\"\n").await;
+    let hold = h.get("/_matrix/client/v3/hold", &[]);
+    let r = tokio::time::timeout(Duration::from_secs(10), hold)
+        .await
+        .expect("no answer while the upstream holds the request");
+    assert_eq!(r.status, 504, "{:?}", r.json());
+    assert_eq!(r.json()["errcode"], "M_UNKNOWN");
+    // A sync held longer than that is still answered by the upstream.
+    let h = std::sync::Arc::new(h);
+    let sync = {
+        let h = h.clone();
+        tokio::spawn(async move { h.get("/_matrix/client/v3/sync", &[ALICE]).await.status })
+    };
+    h.wait_held(2).await;
+    // Another request timing out proves upstream_timeout has passed since
+    // the sync was held (no sleeping): the sync is still held, not cut.
+    assert_eq!(h.get("/_matrix/client/v3/hold", &[]).await.status, 504);
+    assert!(!sync.is_finished(), "a long poll was cut by upstream_timeout");
+    h.seen.release.add_permits(3);
+    assert_eq!(sync.await.unwrap(), 200);
+}
+
 #[tokio::test]
 async fn metrics_and_top_see_gateway_decisions() {
     let h = start("matrix", TRUSTING, "").await;

@@ -90,6 +90,10 @@ impl Compiler<'_> {
             None => std::time::Duration::from_secs(60),
             Some(d) => self.duration(d)?,
         };
+        let upstream_timeout = match &r.upstream_timeout {
+            None => std::time::Duration::from_secs(60),
+            Some(d) => self.duration(d)?,
+        };
         let workers = match &r.workers {
             None => None,
             Some(n) => match u16::try_from(*n.get_ref()) {
@@ -110,6 +114,7 @@ impl Compiler<'_> {
             rules,
             long_polls_per_account,
             body_timeout,
+            upstream_timeout,
             workers,
         })
     }
