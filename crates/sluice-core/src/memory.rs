@@ -382,11 +382,12 @@ impl MemoryStore {
     /// Consumes from one bucket if it allows: where and what was committed,
     /// or the TAT that denied it.
     ///
-    /// `rest`: the decision's later buckets. A key with no cell is only
-    /// given one if the request would pass — this bucket, and `rest` as
-    /// they stand (an undo cannot bring back a key the claim evicted):
-    /// `Ok(None)` when a later bucket would deny, nothing claimed.
-    fn consume(&self, b: &KeyedBucket, now: Nanos, rest: &[KeyedBucket]) -> Result<Option<Commit>, Nanos> {
+    /// A key with no cell is only given one if the request would pass —
+    /// this bucket, and `others_allow` (the decision's later buckets as
+    /// they stand: an undo cannot bring back a key the claim evicted).
+    /// When they would not, nothing is claimed and the bucket answers as
+    /// it stands (`Err` with its estimate), so the caller reads the rest.
+    fn consume(&self, b: &KeyedBucket, now: Nanos, others_allow: impl Fn() -> bool) -> Result<Commit, Nanos> {
         let g = b.gcra;
         let fp = fingerprint(b.key);
         loop {
@@ -398,8 +399,8 @@ impl MemoryStore {
                     if !matches!(g.check(est, now, b.cost), Verdict::Allow { .. }) {
                         return Err(est);
                     }
-                    if !self.rest_would_allow(rest, now) {
-                        return Ok(None);
+                    if !others_allow() {
+                        return Err(est);
                     }
                     self.claim(fp, now)
                 }
@@ -440,11 +441,11 @@ impl MemoryStore {
                     .key
                     .compare_exchange(fp, fp | HEAVY, Ordering::AcqRel, Ordering::Relaxed);
             }
-            return Ok(Some(Commit {
+            return Ok(Commit {
                 pos,
                 before: cur,
                 after: new_tat,
-            }));
+            });
         }
     }
 
@@ -485,24 +486,21 @@ impl MemoryStore {
         };
         let mut denied = dry_run;
         let mut any_shadow = false;
-        // The buckets after the current one (a slice walked along with the
-        // loop: an index and a re-slice per bucket were measured).
-        let mut later = buckets.get(1..).unwrap_or_default();
         for ((b, r), c) in buckets.iter().zip(results.iter_mut()).zip(commits.iter_mut()) {
-            let rest = later;
-            later = later.get(1..).unwrap_or_default();
             if b.shadow || denied {
                 any_shadow |= b.shadow;
                 *r = read(b);
                 continue;
             }
-            match self.consume(b, now, rest) {
-                // A later bucket would deny: nothing claimed (see `consume`).
-                Ok(None) => {
-                    denied = true;
-                    *r = read(b);
-                }
-                Ok(Some(done)) => {
+            // Asked only for a key with no cell: the buckets after `b`
+            // (found from its address, off the common path).
+            let later = || {
+                let i = (std::ptr::from_ref(b) as usize - buckets.as_ptr() as usize)
+                    / std::mem::size_of::<KeyedBucket>();
+                self.rest_would_allow(buckets.get(i + 1..).unwrap_or_default(), now)
+            };
+            match self.consume(b, now, later) {
+                Ok(done) => {
                     *r = KeyedResult {
                         tat: done.after,
                         applied: true,
@@ -537,12 +535,11 @@ impl MemoryStore {
         if any_shadow {
             for (b, r) in buckets.iter().zip(results.iter_mut()) {
                 if b.shadow {
-                    *r = match self.consume(b, now, &[]) {
-                        Ok(Some(c)) => KeyedResult {
+                    *r = match self.consume(b, now, || true) {
+                        Ok(c) => KeyedResult {
                             tat: c.after,
                             applied: true,
                         },
-                        Ok(None) => read(b),
                         Err(tat) => KeyedResult { tat, applied: false },
                     };
                 }
