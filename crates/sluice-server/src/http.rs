@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -521,8 +522,17 @@ fn parse_admin_target(app: &App, s: &str, field: &str) -> Result<Target, FieldEr
     input::admin_target(s, field, norm, |label| app.resolve_label(label))
 }
 
-async fn admin_inspect(State(app): State<App>, Path(target): Path<String>) -> Response {
-    let t = match parse_admin_target(&app, &target, "target") {
+/// The `{target}` of an admin path: a JSON 400 naming the field when it
+/// is not valid percent-encoded UTF-8 (axum's own rejection is plain text).
+fn path_target(app: &App, path: Result<Path<String>, PathRejection>) -> Result<Target, FieldError> {
+    let Ok(Path(target)) = path else {
+        return Err(FieldError::new("target", "not valid percent-encoded UTF-8"));
+    };
+    parse_admin_target(app, &target, "target")
+}
+
+async fn admin_inspect(State(app): State<App>, path: Result<Path<String>, PathRejection>) -> Response {
+    let t = match path_target(&app, path) {
         Ok(t) => t,
         Err(e) => return bad(&app, e),
     };
@@ -663,8 +673,8 @@ async fn admin_unban_many(State(app): State<App>, body: Body) -> Response {
     }
 }
 
-async fn admin_unban_one(State(app): State<App>, Path(target): Path<String>) -> Response {
-    match parse_admin_target(&app, &target, "target") {
+async fn admin_unban_one(State(app): State<App>, path: Result<Path<String>, PathRejection>) -> Response {
+    match path_target(&app, path) {
         Ok(t) => unban(&app, vec![t]),
         Err(e) => bad(&app, e),
     }

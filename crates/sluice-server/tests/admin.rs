@@ -110,6 +110,10 @@ fn bad_admin_input_is_400() {
     assert_eq!(status, 400);
     let (status, _) = s.get("/v1/admin/targets/nonsense");
     assert_eq!(status, 400);
+    // Not UTF-8 once decoded: still the API's JSON error, naming the field.
+    let (status, r) = s.get("/v1/admin/targets/%FF");
+    assert_eq!(status, 400);
+    assert_eq!(r.json()["field"], "target", "{}", r.text);
 }
 
 #[test]
