@@ -125,7 +125,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     }
     for g in &mut config.gateway.http {
         let files = g.appservices.iter_mut().map(|a| &mut a.token_file);
-        for p in [&mut g.tls_cert, &mut g.tls_key]
+        for p in [&mut g.tls_cert, &mut g.tls_key, &mut g.upstream_ca]
             .into_iter()
             .flatten()
             .chain(files)

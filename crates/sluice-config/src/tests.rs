@@ -482,6 +482,16 @@ fn load_resolves_relative_paths_and_records_the_source() {
     assert_eq!(c.server.admin_token_file, Some(dir.join("token")));
     assert_eq!(c.server.state_dir, Some("/abs".into()));
     assert_eq!(c.source, Some(file.clone()));
+    // Every file a gateway reads, too.
+    std::fs::write(
+        &file,
+        "[[gateway.http]]\nlisten = \"127.0.0.1:8448\"\nupstream = \"https://hs.example\"\nprotocol = \"matrix\"\nupstream_ca = \"ca.pem\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
+    )
+    .unwrap();
+    let c = load(&file).unwrap();
+    let g = &c.gateway.http[0];
+    assert_eq!(g.upstream_ca, Some(dir.join("ca.pem")));
+    assert_eq!(g.tls_cert, Some(dir.join("c.pem")));
     std::fs::write(&file, "[server]\nlisten = 1\n").unwrap();
     let e = load(&file).unwrap_err();
     assert!(

@@ -48,6 +48,36 @@ fn every_toml_block_in_the_docs_is_valid() {
     }
 }
 
+/// The other guides' ```toml blocks are whole configurations too.
+#[test]
+fn every_toml_block_in_the_guides_is_valid() {
+    let mut n = 0;
+    for doc in [
+        "README.md",
+        "docs/gateway-http.md",
+        "docs/gateway-tcp.md",
+        "docs/deployment.md",
+        "docs/redis.md",
+    ] {
+        let md = std::fs::read_to_string(root().join(doc)).expect("the guide exists");
+        for (line, text) in fenced(&md, "toml") {
+            n += 1;
+            let origin = format!("{doc} (block at line {line})");
+            // A block showing a gateway's sub-table alone (`[[gateway.http.rule]]`)
+            // is checked inside a minimal gateway.
+            let text = if text.trim_start().starts_with("[[gateway.http.") {
+                format!("[[gateway.http]]\nlisten = \"127.0.0.1:8448\"\nupstream = \"http://127.0.0.1:8008\"\nprotocol = \"generic\"\n{text}")
+            } else {
+                text
+            };
+            if let Err(e) = sluice_config::parse(&text, &origin) {
+                panic!("{e}\n---\n{text}");
+            }
+        }
+    }
+    assert!(n >= 5, "only {n} toml blocks found in the guides");
+}
+
 #[test]
 fn every_example_is_valid() {
     let mut n = 0;
