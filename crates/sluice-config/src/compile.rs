@@ -906,7 +906,17 @@ impl Compiler<'_> {
     ) -> Result<GatewayConfig> {
         let mut listens: Vec<SocketAddr> = vec![server.listen];
         let mut check_listen = |addr: SocketAddr, span: Range<usize>| -> Result<()> {
-            if addr.port() != 0 && listens.contains(&addr) {
+            // Two listeners on one port clash when either is a wildcard
+            // (`0.0.0.0`, `[::]`, which also takes IPv4 by default) or
+            // both name the same address: the second bind would fail.
+            let clash = |other: &SocketAddr| {
+                other.port() == addr.port()
+                    && (other.ip() == addr.ip() || other.ip().is_unspecified() || addr.ip().is_unspecified())
+                    && (other.is_ipv4() == addr.is_ipv4()
+                        || (other.is_ipv6() && other.ip().is_unspecified())
+                        || (addr.is_ipv6() && addr.ip().is_unspecified()))
+            };
+            if addr.port() != 0 && listens.iter().any(clash) {
                 return Err(self.err(span, format!("{addr} is already used by another listener")));
             }
             listens.push(addr);

@@ -1029,6 +1029,22 @@ fn gateway_errors() {
         16,
         "trusted_proxies",
     );
+    // A wildcard takes the port on every address: the API's 127.0.0.1:8470 too.
+    err_at(
+        &tcp("listen = \"0.0.0.0:8470\"\nupstream = \"a:1\"\nside = \"client\"\n"),
+        2,
+        10,
+        "already used",
+    );
+    // `[::]` also takes IPv4 (dual stack by default).
+    err_at(
+        "[[gateway.tcp]]\nlisten = \"0.0.0.0:5222\"\nupstream = \"a:1\"\nside = \"client\"\n[[gateway.tcp]]\nlisten = \"[::]:5222\"\nupstream = \"a:1\"\nside = \"client\"\n",
+        6,
+        10,
+        "already used",
+    );
+    // Distinct addresses on one port are fine.
+    ok("[[gateway.tcp]]\nlisten = \"127.0.0.1:5222\"\nupstream = \"a:1\"\nside = \"client\"\n[[gateway.tcp]]\nlisten = \"127.0.0.2:5222\"\nupstream = \"a:1\"\nside = \"client\"\n[[gateway.tcp]]\nlisten = \"[::1]:5222\"\nupstream = \"a:1\"\nside = \"client\"\n");
     err_at(
         &tcp("listen = \"127.0.0.1:8470\"\nupstream = \"a:1\"\nside = \"client\"\n"),
         2,
