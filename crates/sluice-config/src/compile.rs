@@ -172,6 +172,25 @@ impl Compiler<'_> {
             federation_per_ip: per_ip(Side::Federation),
         };
 
+        if store.kind == StoreKind::Redis {
+            // The Redis store is exact for bucket spans up to ~104 days
+            // (doubles in Lua); `serve` refuses more, so the check does too.
+            for l in &limits {
+                if let LimitKind::Rate(r) = l.kind {
+                    let g = r.gcra();
+                    if g.emission().saturating_mul(g.burst()) > sluice_core::store::DOUBLE_EXACT_NANOS {
+                        let span = raw.store.kind.as_ref().map_or(0..0, span_of);
+                        return Err(self.err(
+                            span,
+                            format!(
+                                "limit {} ({r}): its bucket spans more than the Redis store keeps exact (about 104 days); use a shorter period or a smaller burst",
+                                l.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         let mut builder = Policy::builder().normalizer(normalizer);
         let mut customs: Vec<_> = self
             .actions
@@ -324,11 +343,16 @@ impl Compiler<'_> {
             c.on_error = o;
         }
         if let Some(p) = &raw.key_prefix {
-            let p_ok = p.get_ref().len() <= 64 && p.get_ref().chars().all(|c| c.is_ascii_graphic());
+            // No braces: the store puts each target in a `{…}` hash tag,
+            // and a brace in the prefix would make Redis Cluster hash it.
+            let p_ok = p.get_ref().len() <= 64
+                && p.get_ref()
+                    .chars()
+                    .all(|c| c.is_ascii_graphic() && c != '{' && c != '}');
             if !p_ok {
                 return Err(self.err(
                     span_of(p),
-                    "key_prefix must be at most 64 printable ASCII characters without spaces",
+                    "key_prefix must be at most 64 printable ASCII characters without spaces or braces",
                 ));
             }
             c.key_prefix = p.get_ref().clone();

@@ -1142,10 +1142,42 @@ fn http_gateway_options() {
     assert_eq!(c.gateway.http[0].real_ip_header, crate::RealIpHeader::Forwarded);
     err_at(&m("real_ip_header = \"x-real-ip\"\n"), 5, 18, "unknown variant");
     err_at(
+        "[store]\nkind = \"redis\"\nurl = \"redis://a\"\nkey_prefix = \"{x}:\"\n",
+        4,
+        14,
+        "braces",
+    );
+    // Beyond what the Redis store keeps exact: refused here, as `serve` does.
+    err_at(
+        "[store]\nkind = \"redis\"\nurl = \"redis://a\"\n[limits.client.target]\nlogin = \"5/365d\"\n",
+        2,
+        8,
+        "104 days",
+    );
+    ok("[limits.client.target]\nlogin = \"5/365d\"\n");
+    err_at(
         &m("[[gateway.http.rule]]\npath = \"/x\"\naction = \"teleport\"\n"),
         7,
         10,
         "unknown client action",
+    );
+    // A rule charges as its action counts: bytes by default for a byte
+    // action, and a mismatch is an error.
+    let c = ok(&m(
+        "[[gateway.http.rule]]\npath = \"/up\"\naction = \"media_create\"\n",
+    ));
+    assert!(c.gateway.http[0].rules[0].bytes);
+    err_at(
+        &m("[[gateway.http.rule]]\npath = \"/up\"\naction = \"media_create\"\nbytes = false\n"),
+        7,
+        10,
+        "counts bytes",
+    );
+    err_at(
+        &m("[[gateway.http.rule]]\npath = \"/x\"\naction = \"login\"\nbytes = true\n"),
+        7,
+        10,
+        "counts events",
     );
     err_at(
         &m("[[gateway.http.rule]]\npath = \"x\"\naction = \"login\"\n"),

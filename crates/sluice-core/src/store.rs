@@ -186,6 +186,12 @@ pub struct Outcome {
     pub committed: bool,
 }
 
+/// The largest nanosecond count a double holds exactly (2^53 − 1, about
+/// 104 days): a store computing in doubles (Redis' Lua) is exact for
+/// bucket spans up to this, so a policy on such a store must not go
+/// beyond it.
+pub const DOUBLE_EXACT_NANOS: u64 = (1 << 53) - 1;
+
 /// A store failed (remote stores only; memory never fails).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

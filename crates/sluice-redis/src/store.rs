@@ -204,7 +204,7 @@ impl std::fmt::Debug for RedisStore {
 }
 
 /// Largest nanosecond count a Lua double holds exactly (2^53 − 1, ~104 days).
-const EXACT: u64 = (1 << 53) - 1;
+const EXACT: u64 = sluice_core::store::DOUBLE_EXACT_NANOS;
 
 /// The longest bucket span (burst × emission interval) the store keeps
 /// exact: ~104 days. A limit whose bucket spans more would be judged

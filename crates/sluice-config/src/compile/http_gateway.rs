@@ -71,12 +71,31 @@ impl Compiler<'_> {
                     format!("unknown {side} action {action:?} (declare it under [actions.{side}])"),
                 ));
             }
+            // Bytes or events as the action counts them: a byte action
+            // charged 1 per request, or an event action charged a body's
+            // size, would silently disable or break the limit.
+            let bytes = match (rule.bytes, super::unit_of(side, action)) {
+                (None, unit) => unit == Some(sluice_core::Unit::Bytes),
+                (Some(false), Some(sluice_core::Unit::Bytes)) => {
+                    return Err(self.err(
+                        span_of(&rule.action),
+                        format!("{side}.{action} counts bytes: the rule's bytes must be true (or left out)"),
+                    ))
+                }
+                (Some(true), Some(sluice_core::Unit::Events)) => {
+                    return Err(self.err(
+                        span_of(&rule.action),
+                        format!("{side}.{action} counts events: the rule's bytes = true would charge each body's size"),
+                    ))
+                }
+                (Some(b), _) => b,
+            };
             rules.push(HttpRule {
                 method,
                 path: path.clone(),
                 side,
                 action: action.clone(),
-                bytes: rule.bytes.unwrap_or(false),
+                bytes,
             });
         }
         let long_polls_per_account = match &r.long_polls_per_account {
