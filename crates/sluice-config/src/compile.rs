@@ -342,6 +342,19 @@ impl Compiler<'_> {
         if let Some(o) = raw.on_error {
             c.on_error = o;
         }
+        // Settings of the Redis store are errors with the memory store, as
+        // `url` and `cluster` are: silently ignored, they would mislead.
+        if c.kind == StoreKind::Memory {
+            for (name, span) in [
+                ("key_prefix", raw.key_prefix.as_ref().map(span_of)),
+                ("connect_timeout", raw.connect_timeout.as_ref().map(span_of)),
+                ("command_timeout", raw.command_timeout.as_ref().map(span_of)),
+            ] {
+                if let Some(span) = span {
+                    return Err(self.err(span, format!("`{name}` is only used with kind = \"redis\"")));
+                }
+            }
+        }
         if let Some(p) = &raw.key_prefix {
             // No braces: the store puts each target in a `{…}` hash tag,
             // and a brace in the prefix would make Redis Cluster hash it.

@@ -747,11 +747,21 @@ fn server_store_network_errors() {
         12,
         "unknown variant `panic`",
     );
-    err_at("[store]\nkey_prefix = \"a b\"\n", 2, 14, "key_prefix");
-    err_at("[store]\ncommand_timeout = \"fast\"\n", 2, 19, "bad period");
-    err_at("[store]\nconnect_timeout = \"0s\"\n", 2, 19, "greater than zero");
-    err_at("[store]\nlocal_admission = 50\n", 2, 19, "only used with kind");
     let redis = "[store]\nkind = \"redis\"\nurl = \"redis://x\"\n";
+    err_at(&format!("{redis}key_prefix = \"a b\"\n"), 4, 14, "key_prefix");
+    err_at(
+        &format!("{redis}command_timeout = \"fast\"\n"),
+        4,
+        19,
+        "bad period",
+    );
+    err_at(
+        &format!("{redis}connect_timeout = \"0s\"\n"),
+        4,
+        19,
+        "greater than zero",
+    );
+    err_at("[store]\nlocal_admission = 50\n", 2, 19, "only used with kind");
     err_at(
         &format!("{redis}local_admission = 0\n"),
         4,
@@ -1146,6 +1156,18 @@ fn http_gateway_options() {
         4,
         14,
         "braces",
+    );
+    err_at(
+        "[store]\nkey_prefix = \"x:\"\n",
+        2,
+        14,
+        "only used with kind = \"redis\"",
+    );
+    err_at(
+        "[store]\ncommand_timeout = \"1s\"\n",
+        2,
+        19,
+        "only used with kind = \"redis\"",
     );
     // Beyond what the Redis store keeps exact: refused here, as `serve` does.
     err_at(
