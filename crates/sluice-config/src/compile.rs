@@ -844,7 +844,12 @@ impl Compiler<'_> {
                 }
             }
             let key = (r.action.get_ref().clone(), side);
-            if seen.insert(key, span_of(entry)).is_some() {
+            // A rule without a side covers both: another for the same action
+            // overlaps it whatever its side, and both would apply.
+            let overlaps = seen
+                .keys()
+                .any(|(a, s)| a == r.action.get_ref() && (s.is_none() || side.is_none() || *s == side));
+            if overlaps || seen.insert(key, span_of(entry)).is_some() {
                 return Err(self.err(
                     span_of(&r.action),
                     format!(

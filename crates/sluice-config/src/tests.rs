@@ -904,6 +904,15 @@ fn exempt_blocklist_override_errors() {
 
 #[test]
 fn autoban_errors() {
+    // One rule without a side and one with: they overlap (both would apply).
+    err_at(
+        "[[autoban]]\naction = \"request\"\ndenials = 1\nwithin = \"1m\"\nban = \"1m\"\n[[autoban]]\naction = \"request\"\nside = \"client\"\ndenials = 2\nwithin = \"1m\"\nban = \"1m\"\n",
+        7,
+        10,
+        "merge them",
+    );
+    // Different sides do not.
+    ok("[[autoban]]\naction = \"request\"\nside = \"federation\"\ndenials = 1\nwithin = \"1m\"\nban = \"1m\"\n[[autoban]]\naction = \"request\"\nside = \"client\"\ndenials = 2\nwithin = \"1m\"\nban = \"1m\"\n");
     err_at(
         "[[autoban]]\naction = \"fly\"\ndenials = 1\nwithin = \"1m\"\nban = \"1m\"\n",
         2,
