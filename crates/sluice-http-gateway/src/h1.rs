@@ -60,6 +60,20 @@ impl<T> Conn<T> {
     }
 }
 
+impl<T: AsyncRead + Unpin> Conn<T> {
+    /// Whether an idle connection is still fit to carry a request: nothing
+    /// to read on it (one read attempt that would block). An end of stream
+    /// or an error means the upstream closed it; bytes mean the upstream
+    /// sent something nobody asked for, which the next request would take
+    /// for its answer.
+    pub(crate) fn quiet(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut scratch = [0u8; 64];
+        let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+        self.buf.is_empty() && Pin::new(&mut self.io).poll_read(&mut cx, &mut buf).is_pending()
+    }
+}
+
 /// Where finished connections go back (a worker's idle stack).
 pub(crate) type Pool<T> = Arc<Mutex<IdleStack<Conn<T>>>>;
 
@@ -158,6 +172,11 @@ where
         .write_all(head)
         .await
         .map_err(|e| ExchangeError::Stale(BoxError::new(e)))?;
+    // A TLS stream may hold the record's tail until flushed.
+    conn.io
+        .flush()
+        .await
+        .map_err(|e| ExchangeError::Stale(BoxError::new(e)))?;
     let mut received = false;
     loop {
         if !conn.buf.is_empty() {
@@ -246,7 +265,7 @@ fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 fn respond<T>(
     conn: Conn<T>,
     status: StatusCode,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     http11: bool,
     head_only: bool,
     pool: Option<Pool<T>>,
@@ -267,7 +286,12 @@ fn respond<T>(
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .rfind(|t| !t.is_empty());
-        if last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+        // A length beside a transfer coding is ignored, and an
+        // intermediary removes it (RFC 9112 §6.3): the client must not
+        // frame the decoded body by it.
+        let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
+        headers.remove(header::CONTENT_LENGTH);
+        if chunked {
             Framing::Chunked(Chunk::Size)
         } else {
             Framing::Eof
@@ -280,10 +304,14 @@ fn respond<T>(
                 .map_err(|_| invalid("invalid upstream Content-Length"))?
                 .split(',')
             {
+                // Digits only (`+5` parses as a u64 but is no length).
+                let part = part.trim();
                 let n = part
-                    .trim()
-                    .parse::<u64>()
-                    .map_err(|_| invalid("invalid upstream Content-Length"))?;
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| part.parse::<u64>().ok())
+                    .flatten()
+                    .ok_or_else(|| invalid("invalid upstream Content-Length"))?;
                 if length.is_some_and(|l| l != n) {
                     return Err(invalid("conflicting upstream Content-Length"));
                 }
@@ -291,8 +319,15 @@ fn respond<T>(
             }
         }
         match length {
-            Some(0) => Framing::Done,
-            Some(n) => Framing::Length(n),
+            Some(n) => {
+                // One canonical value towards the client (`5, 5` was one length).
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                if n == 0 {
+                    Framing::Done
+                } else {
+                    Framing::Length(n)
+                }
+            }
             None => Framing::Eof,
         }
     };
@@ -644,6 +679,65 @@ mod tests {
             r.unwrap_err().starts_with("stale"),
             "no answer at all: safe to send again"
         );
+    }
+
+    #[tokio::test]
+    async fn lengths_are_strict_and_canonical() {
+        let (r, _) = run(b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello", false).await;
+        assert!(r.is_err(), "a signed length");
+        let (r, kept) = run(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello", false).await;
+        let (_, headers, body) = r.unwrap();
+        assert_eq!(
+            (headers["content-length"].as_bytes(), &body[..]),
+            (&b"5"[..], &b"hello"[..])
+        );
+        assert_eq!(kept, 1);
+        // With a transfer coding the length is ignored and removed.
+        let (r, _) = run(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            false,
+        )
+        .await;
+        let (_, headers, body) = r.unwrap();
+        assert!(!headers.contains_key("content-length"));
+        assert_eq!(body, "hi");
+    }
+
+    /// A kept connection is used only if nothing arrived on it while idle.
+    #[tokio::test]
+    async fn idle_connections_that_closed_or_spoke_are_not_reused() {
+        let (near, far) = duplex(1024);
+        let mut c = Conn::new(near);
+        assert!(c.quiet(), "an idle, open connection");
+        drop(far);
+        assert!(!c.quiet(), "the upstream closed it");
+        let (near, mut far) = duplex(1024);
+        let mut c = Conn::new(near);
+        far.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
+            .await
+            .unwrap();
+        assert!(!c.quiet(), "bytes nobody asked for");
+    }
+
+    /// The head is flushed: a buffered (or TLS) stream does not keep it.
+    #[tokio::test]
+    async fn the_head_is_flushed() {
+        let (near, mut far) = duplex(1 << 16);
+        let answer = tokio::spawn(async move {
+            let mut seen = vec![0u8; GET.len()];
+            far.read_exact(&mut seen).await.unwrap();
+            far.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+            far
+        });
+        let conn = Conn::new(tokio::io::BufWriter::new(near));
+        let exchange = exchange(conn, GET, false, None);
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+            .await
+            .expect("the head never left the buffer")
+            .map_err(|_| "failed")
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+        drop(answer.await.unwrap());
     }
 
     #[test]

@@ -670,7 +670,9 @@ impl Gateway {
         &self,
         mut req: Request<ProxyBody>,
     ) -> Result<(Response<ProxyBody>, Option<Lent>), body::BoxError> {
-        if h1::eligible(req.method(), req.headers()) {
+        // The body decides too: hop-by-hop stripping has removed a
+        // request's `Transfer-Encoding` by now, but not its chunks.
+        if h1::eligible(req.method(), req.headers()) && req.body().is_end_stream() {
             let (parts, _empty) = req.into_parts();
             return self.upstream.send_lean(&parts).await.map(|r| (r, None));
         }

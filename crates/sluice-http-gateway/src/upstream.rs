@@ -64,10 +64,10 @@ impl<T> IdleStack<T> {
 
     /// The most recently returned item that is `usable` and not expired at
     /// `now`; expired and unusable ones are dropped on the way.
-    pub(crate) fn pop(&mut self, now: Instant, usable: impl Fn(&T) -> bool) -> Option<T> {
+    pub(crate) fn pop(&mut self, now: Instant, mut usable: impl FnMut(&mut T) -> bool) -> Option<T> {
         self.expire(now);
-        while let Some((item, _)) = self.items.pop_back() {
-            if usable(&item) {
+        while let Some((mut item, _)) = self.items.pop_back() {
+            if usable(&mut item) {
                 return Some(item);
             }
         }
@@ -324,11 +324,17 @@ impl Upstream {
         let head_only = parts.method == hyper::Method::HEAD;
         let mut retried = false;
         loop {
-            let kept = self
-                .lean
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop(Instant::now(), |_| true);
+            // A kept connection is used only if nothing arrived on it while
+            // idle (the upstream closed it, or sent bytes nobody asked
+            // for); after a stale one, a new connection.
+            let kept = if retried {
+                None
+            } else {
+                self.lean
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .pop(Instant::now(), h1::Conn::quiet)
+            };
             let (conn, reused) = match kept {
                 Some(c) => (c, true),
                 None => (h1::Conn::new(self.dial().await?), false),
@@ -422,7 +428,7 @@ mod tests {
         s.expire(t0 + Duration::from_secs(61));
         assert_eq!(s.len(), 2);
         // Unusable items are skipped and dropped.
-        assert_eq!(s.pop(t0 + Duration::from_secs(61), |&i| i != 3), Some(2));
+        assert_eq!(s.pop(t0 + Duration::from_secs(61), |i| *i != 3), Some(2));
         assert_eq!(s.len(), 0);
         // Everything expires once idle long enough.
         s.push(4, t0);
