@@ -656,6 +656,12 @@ impl Gateway {
         if let Some(merged) = merge(reports) {
             sluice_server::rate_headers(&merged, &mut parts.headers);
         }
+        // The upstream's silence between body frames is bounded like its
+        // silence before the head (long polls aside): a body that stalls
+        // must not hold the request's slots for ever.
+        if !route.long_poll && !out_body.is_end_stream() {
+            out_body = IdleLimited::new(out_body, self.shared.cfg.upstream_timeout).boxed();
+        }
         let out_body = Metered::new(out_body, None, verdict, held).boxed();
         Response::from_parts(parts, out_body)
     }

@@ -959,6 +959,15 @@ async fn a_silent_upstream_is_answered_504() {
         .expect("no answer while the upstream holds the request");
     assert_eq!(r.status, 504, "{:?}", r.json());
     assert_eq!(r.json()["errcode"], "M_UNKNOWN");
+    // A body that stalls after its first frame is cut after as long.
+    let trickle = h.try_get("/_matrix/client/v3/trickle", &[]);
+    match tokio::time::timeout(Duration::from_secs(10), trickle)
+        .await
+        .expect("a stalled body was never cut")
+    {
+        Ok(r) => assert!(r.body.len() <= 10, "{:?}", r.body),
+        Err(e) => assert!(e.contains("IncompleteMessage") || e.contains("Body"), "{e}"),
+    }
     // A sync held longer than that is still answered by the upstream.
     let h = std::sync::Arc::new(h);
     let sync = {

@@ -109,6 +109,10 @@ async fn upstream(req: Request<Incoming>, seen: Arc<Seen>) -> Response<UpBody> {
         }
         return json_resp(StatusCode::OK, json!({"held": true}));
     }
+    if path.ends_with("/trickle") {
+        // One frame of body, then nothing more, ever.
+        return Response::new(Stalled(false).boxed());
+    }
     if path.contains("/download/") {
         let size: usize = query(&req, "size").and_then(|s| s.parse().ok()).unwrap_or(10);
         if query(&req, "chunked").is_some() {
