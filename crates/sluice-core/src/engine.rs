@@ -725,7 +725,7 @@ impl Engine {
     /// address or /96 bans its /64 by default): requests are checked per
     /// group, so a ban on part of one would never match.
     pub fn ban(&self, target: Target, duration: Option<Duration>, reason: &str) -> Ban {
-        let target = self.normalize(target);
+        let target = self.normalize_ban(target);
         let now = self.now();
         let ban = Ban {
             target,
@@ -741,13 +741,17 @@ impl Engine {
     /// Lifts a ban on exactly `target` (a single address meaning its group,
     /// as in [`Engine::ban`]).
     pub fn unban(&self, target: &Target) -> Option<Ban> {
-        self.inner.bans.remove(&self.normalize(target.clone()))
+        self.inner.bans.remove(&self.normalize_ban(target.clone()))
     }
 
-    /// Groups a single-address IP target to the policy's prefix; other
-    /// targets (and explicit networks) are returned as they are.
-    fn normalize(&self, target: Target) -> Target {
-        self.inner.compiled.load().policy.normalizer().normalize(target)
+    /// A ban's target as [`Engine::ban`] stores it.
+    fn normalize_ban(&self, target: Target) -> Target {
+        self.inner
+            .compiled
+            .load()
+            .policy
+            .normalizer()
+            .normalize_ban(target)
     }
 
     #[inline]

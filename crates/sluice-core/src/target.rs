@@ -136,12 +136,22 @@ impl Normalizer {
         Target::Ip(self.ip(addr))
     }
 
-    /// Normalises an already-parsed target: an IP target narrower than the
-    /// grouping prefix (a single address, or say a /96 when IPv6 groups
-    /// per /64) is widened to its group — requests are checked per group,
-    /// so a ban on part of one could never match; wider networks keep
-    /// their prefix.
+    /// Normalises an already-parsed target (re-grouping IP targets that are
+    /// single addresses; explicit networks keep their prefix).
     pub fn normalize(&self, t: Target) -> Target {
+        match t {
+            Target::Ip(net) if net.prefix_len() == net.max_prefix_len() => self.ip_target(net.addr()),
+            other => other,
+        }
+    }
+
+    /// Normalises a ban's target: an IP target narrower than the grouping
+    /// prefix (a single address, or say a /96 when IPv6 groups per /64)
+    /// is widened to its group — requests are checked per group, so a ban
+    /// on part of one could never match. Only for bans: an exemption or
+    /// override on part of a group already applies to the group's requests
+    /// (they are matched by overlap) and keeps the prefix it was given.
+    pub fn normalize_ban(&self, t: Target) -> Target {
         match t {
             Target::Ip(net) if net.prefix_len() > self.group_len(&net) => self.ip_target(net.addr()),
             other => other,

@@ -68,9 +68,11 @@ pub fn credential(headers: &HeaderMap, query: Option<&str>) -> Credential {
             }
         }
         if scheme.eq_ignore_ascii_case("x-matrix") {
-            if let Some(origin) = x_matrix_param(rest, "origin") {
-                return Credential::XMatrix { origin };
-            }
+            // An `origin` given twice is no claim sluice can confirm (the
+            // upstream may verify the other copy): an empty origin, which
+            // counts as the sending address and is never confirmed.
+            let origin = x_matrix_param(rest, "origin").unwrap_or_default();
+            return Credential::XMatrix { origin };
         }
     }
     if let Some(token) = query.and_then(|q| query_param(q, "access_token")) {
@@ -97,10 +99,11 @@ pub fn x_matrix_param(params: &str, name: &str) -> Option<String> {
 }
 
 /// A query parameter, key and value percent-decoded (`access%5Ftoken` is
-/// `access_token` to the upstream too), pairs split at `&` and `;` (older
-/// Python split at both): the first match.
+/// `access_token` to the upstream too), pairs split at `&` as Python's
+/// `parse_qs` (Synapse) and Go's and Rust's form parsers do: the first
+/// match, as Synapse takes it.
 pub fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split(['&', ';']).find_map(|pair| {
+    query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name || (k.contains(['%', '+']) && percent_decode(k) == name)).then(|| percent_decode(v))
     })

@@ -98,11 +98,13 @@ pub fn classify(
         .iter()
         .find(|r| rule_matches(r, method, path))
         .map(|r| {
-            let mut route = Route::new(r.side, Some(&r.action)).cost(if r.bytes {
-                Cost::RequestBytes
-            } else {
-                Cost::One
-            });
+            // Bytes of the answer for a download, of the request otherwise.
+            let cost = match (r.bytes, r.action.as_str()) {
+                (false, _) => Cost::One,
+                (true, "media_download") => Cost::ResponseBytes,
+                (true, _) => Cost::RequestBytes,
+            };
+            let mut route = Route::new(r.side, Some(&r.action)).cost(cost);
             if r.action == "login" && r.side == Side::Client {
                 route = route.login();
             }

@@ -294,6 +294,18 @@ async fn only_authenticated_successes_confirm_an_origin() {
         .unwrap()
         .iter()
         .all(|l| l.remaining > 0));
+    // Counted as its sending address, not let through uncounted: the
+    // address's transaction budget (1/1h) is spent.
+    let r = h.send("PUT", "/_matrix/federation/v1/send/t2b", &hd, "{}").await;
+    assert_eq!(r.status, 429, "{:?}", r.json());
+    let sender: sluice_core::Target = "server:192.0.2.67".parse().unwrap();
+    assert!(h
+        .app
+        .engine()
+        .inspect(&sender)
+        .unwrap()
+        .iter()
+        .any(|l| l.remaining == 0));
 
     // Two Authorization fields: refused before anything is counted.
     let hd = [
@@ -827,6 +839,20 @@ async fn jmap_table_identity_and_problem_json() {
     let hd = [("x-forwarded-for", "203.0.113.81")];
     assert_eq!(h.get("/jmap/download/a1/b1/n?size=90", &hd).await.status, 200);
     assert_eq!(h.get("/jmap/download/a1/b1/n?size=20", &hd).await.status, 429);
+}
+
+/// A generic rule for downloads charges the answer's bytes (its default:
+/// `bytes` follows the action), not the request's empty body.
+#[tokio::test]
+async fn generic_download_rules_charge_the_answer() {
+    let limits = "[limits.client.target]\nmedia_download = \"100B/1h\"\n";
+    let rule = "[[gateway.http.rule]]\npath = \"/files/*\"\naction = \"media_download\"\n";
+    let h = start("generic", &format!("{TRUSTING}{limits}"), rule).await;
+    let hd = [("x-forwarded-for", "203.0.113.95")];
+    let r = h.get("/files/download/a?size=80", &hd).await;
+    assert_eq!((r.status, r.body.len()), (200, 80));
+    let r = h.get("/files/download/b?size=80", &hd).await;
+    assert_eq!(r.status, 429, "the first download was not counted");
 }
 
 #[tokio::test]

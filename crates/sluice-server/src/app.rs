@@ -178,7 +178,7 @@ impl App {
                     b.target = self
                         .inner
                         .engine
-                        .with_policy(|p| p.normalizer().normalize(b.target.clone()));
+                        .with_policy(|p| p.normalizer().normalize_ban(b.target.clone()));
                     self.inner.engine.bans().insert(b);
                 }
                 if n > 0 {
