@@ -555,6 +555,8 @@ struct AutobanState {
     counters: HashMap<(&'static str, Target), Nanos>,
     /// Repeat offenders: (bans so far, end of the last ban).
     offenses: HashMap<Target, (u32, Nanos)>,
+    /// When the ban list was last purged at the cap (see `MAX_AUTO_BANS`).
+    last_purge: Nanos,
 }
 
 const AUTOBAN_MAX_ENTRIES: usize = 100_000;
@@ -1090,7 +1092,12 @@ impl Engine {
             // bans go first; at the cap no more automatic bans are placed
             // (the limits still deny).
             if self.inner.bans.len() >= MAX_AUTO_BANS {
-                self.inner.bans.purge(now);
+                // A purge scans every ban under the list's write lock: at
+                // most once a second, however fast the triggers come.
+                if now.saturating_sub(st.last_purge) >= 1_000_000_000 {
+                    st.last_purge = now;
+                    self.inner.bans.purge(now);
+                }
                 if self.inner.bans.len() >= MAX_AUTO_BANS {
                     continue;
                 }

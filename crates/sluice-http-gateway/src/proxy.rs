@@ -513,9 +513,12 @@ impl Gateway {
         strip_hop_by_hop(&mut parts.headers, upgrade);
         self.rewrite_forwarding(&mut parts.headers, &origin, peer.ip(), &config, host.as_deref());
         let up_req = Request::from_parts(parts, up_body);
-        // A long poll waits as long as the upstream holds it; anything else
-        // gets `upstream_timeout` to start answering.
-        let sent = if route.long_poll {
+        // A long poll waits as long as the upstream holds it, and an upload
+        // as long as its body flows (`body_timeout` bounds its silences);
+        // anything else — no body, or a small declared one (an event, a
+        // login) — gets `upstream_timeout` to start answering.
+        let small = up_req.body().is_end_stream() || declared.is_some_and(|n| n <= 64 * 1024);
+        let sent = if route.long_poll || !small {
             self.send(up_req).await
         } else {
             match tokio::time::timeout(self.shared.cfg.upstream_timeout, self.send(up_req)).await {
