@@ -15,10 +15,11 @@
 //! to read it): 2 s with the default 1 s.
 //!
 //! A hash that vanished (Redis restarted without persistence, or was
-//! flushed) is not a list of lifted bans: a generation key
-//! (`{prefix}bans:gen`, a random value set once with `SET NX`) changes
-//! with it, and an instance that sees a new generation forgets what it saw
-//! last and publishes its bans again instead of lifting them. Changes taken
+//! flushed) is not a list of lifted bans: the hash carries its generation
+//! (field `#generation`, a random value set once with `HSETNX`, so it goes
+//! with the hash — on a Cluster too, and with no window between reading
+//! one and the other), and an instance that sees a new generation forgets
+//! what it saw last and publishes its bans again instead of lifting them. Changes taken
 //! from the hash are reported to the caller (`sluice serve` then saves its
 //! ban file), so a ban lifted elsewhere does not come back from an
 //! instance's file when it restarts.
@@ -31,6 +32,9 @@ use std::time::Duration;
 use sluice_core::{Ban, BanSource, Engine, Target};
 
 use crate::store::RedisStore;
+
+/// The hash's own field holding its generation (not a target: no `kind:`).
+const GENERATION: &str = "#generation";
 
 fn encode(b: &Ban) -> String {
     format!(
@@ -112,15 +116,9 @@ impl RedisStore {
         })
     }
 
-    /// The hash's generation, set now if it has none (a new or emptied
-    /// Redis).
-    async fn ban_generation(&self) -> Result<String, sluice_core::StoreError> {
-        let key = self.keys().ban_generation();
-        let mut get = redis::cmd("GET");
-        get.arg(&key);
-        if let Some(g) = self.conn_cmd::<Option<String>>(get.clone()).await? {
-            return Ok(g);
-        }
+    /// Sets the hash's generation if it has none (a new or emptied hash)
+    /// and returns the one in force.
+    async fn new_ban_generation(&self, key: &str) -> Result<String, sluice_core::StoreError> {
         let fresh = format!(
             "{:x}-{:x}",
             std::time::SystemTime::now()
@@ -128,10 +126,12 @@ impl RedisStore {
                 .map_or(0, |d| d.as_nanos()),
             std::process::id()
         );
-        let mut set = redis::cmd("SET");
-        set.arg(&key).arg(&fresh).arg("NX");
-        self.conn_cmd::<Option<String>>(set).await?;
+        let mut set = redis::cmd("HSETNX");
+        set.arg(key).arg(GENERATION).arg(&fresh);
+        self.conn_cmd::<i64>(set).await?;
         // Whoever set it first, everyone reads the same one.
+        let mut get = redis::cmd("HGET");
+        get.arg(key).arg(GENERATION);
         Ok(self.conn_cmd::<Option<String>>(get).await?.unwrap_or(fresh))
     }
 
@@ -152,7 +152,16 @@ impl RedisStore {
         engine: &Engine,
         state: &mut BanSync,
     ) -> Result<bool, sluice_core::StoreError> {
-        let generation = self.ban_generation().await?;
+        let key = self.keys().bans();
+        let mut remote: HashMap<String, String> = {
+            let mut c = redis::cmd("HGETALL");
+            c.arg(&key);
+            self.conn_cmd(c).await?
+        };
+        let generation = match remote.remove(GENERATION) {
+            Some(g) => g,
+            None => self.new_ban_generation(&key).await?,
+        };
         if state.generation.as_deref() != Some(generation.as_str()) {
             // A new hash: nothing in it was lifted by anyone.
             if state.generation.is_some() {
@@ -162,12 +171,6 @@ impl RedisStore {
         }
         let base = &state.base;
         let mut changed = false;
-        let key = self.keys().bans();
-        let mut remote: HashMap<String, String> = {
-            let mut c = redis::cmd("HGETALL");
-            c.arg(&key);
-            self.conn_cmd(c).await?
-        };
         let now = engine.now();
         let local: HashMap<String, String> = engine
             .bans()

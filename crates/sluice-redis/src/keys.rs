@@ -59,10 +59,6 @@ impl Keys {
     pub(crate) fn bans(&self) -> String {
         format!("{}bans", self.prefix)
     }
-
-    pub(crate) fn ban_generation(&self) -> String {
-        format!("{}bans:gen", self.prefix)
-    }
 }
 
 #[cfg(test)]

@@ -76,7 +76,6 @@ fn a_lost_hash_is_refilled_and_lifts_nothing() {
         .unwrap();
     let _: () = redis::cmd("DEL")
         .arg(format!("{prefix}bans"))
-        .arg(format!("{prefix}bans:gen"))
         .query(&mut raw)
         .unwrap();
     // Neither instance reads the empty hash as "every ban lifted".
@@ -90,6 +89,10 @@ fn a_lost_hash_is_refilled_and_lifts_nothing() {
     assert!(
         fields.contains_key(&t.to_string()),
         "the ban was not published again"
+    );
+    assert!(
+        fields.contains_key("#generation"),
+        "the refilled hash has its generation"
     );
 
     // A ban lifted on one instance is lifted on the other, reported as a
