@@ -172,22 +172,21 @@ impl Compiler<'_> {
             federation_per_ip: per_ip(Side::Federation),
         };
 
-        if store.kind == StoreKind::Redis {
-            // The Redis store is exact for bucket spans up to ~104 days
-            // (doubles in Lua); `serve` refuses more, so the check does too.
-            for l in &limits {
-                if let LimitKind::Rate(r) = l.kind {
-                    let g = r.gcra();
-                    if g.emission().saturating_mul(g.burst()) > sluice_core::store::DOUBLE_EXACT_NANOS {
-                        let span = raw.store.kind.as_ref().map_or(0..0, span_of);
-                        return Err(self.err(
-                            span,
-                            format!(
-                                "limit {} ({r}): its bucket spans more than the Redis store keeps exact (about 104 days); use a shorter period or a smaller burst",
-                                l.name
-                            ),
-                        ));
-                    }
+        // The Redis store is exact for bucket spans up to ~104 days
+        // (doubles in Lua); `serve` refuses more, so the check does too.
+        let redis = store.kind == StoreKind::Redis;
+        let too_long = |r: &Rate| {
+            let g = r.gcra();
+            redis && g.emission().saturating_mul(g.burst()) > sluice_core::store::DOUBLE_EXACT_NANOS
+        };
+        let too_long_why = |what: &str, r: &Rate| {
+            format!("{what} ({r}): its bucket spans more than the Redis store keeps exact (about 104 days); use a shorter period or a smaller burst")
+        };
+        for l in &limits {
+            if let LimitKind::Rate(r) = &l.kind {
+                if too_long(r) {
+                    let span = raw.store.kind.as_ref().map_or(0..0, span_of);
+                    return Err(self.err(span, too_long_why(&format!("limit {}", l.name), r)));
                 }
             }
         }
@@ -223,7 +222,13 @@ impl Compiler<'_> {
             builder = builder.block(Matcher::Network(net));
         }
         for o in &raw.overrides {
-            builder = builder.override_limit(self.override_(o, &normalizer)?);
+            let o_ = self.override_(o, &normalizer)?;
+            if let Effect::Replace(r) = &o_.effect {
+                if too_long(r) {
+                    return Err(self.err(span_of(o), too_long_why("this override's rate", r)));
+                }
+            }
+            builder = builder.override_limit(o_);
         }
         for rule in self.autobans(preset, &raw.autoban)? {
             builder = builder.autoban(rule);

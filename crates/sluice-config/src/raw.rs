@@ -282,4 +282,5 @@ pub(crate) struct RawRule {
     pub side: Option<S<String>>,
     pub action: S<String>,
     pub bytes: Option<bool>,
+    pub long_poll: Option<bool>,
 }

@@ -350,4 +350,7 @@ pub struct HttpRule {
     pub action: String,
     /// Charge the body's bytes (uploads) rather than 1.
     pub bytes: bool,
+    /// A long poll: it takes a long-poll slot instead of a request slot,
+    /// and `upstream_timeout` does not apply.
+    pub long_poll: bool,
 }

@@ -1120,9 +1120,14 @@ fn http_gateway_options() {
             side: Side::Client,
             action: "media_create".into(),
             bytes: true,
+            long_poll: false,
         }
     );
     assert_eq!(g.rules[1].side, Side::Federation);
+    let c = ok(&format!(
+        "{base}protocol = \"generic\"\n[[gateway.http.rule]]\npath = \"/events\"\naction = \"request\"\nlong_poll = true\n"
+    ));
+    assert!(c.gateway.http[0].rules[0].long_poll);
 
     let m = |body: &str| format!("{base}protocol = \"matrix\"\n{body}");
     err_at(&m("tls_cert = \"c.pem\"\n"), 5, 12, "tls_key");
@@ -1186,6 +1191,13 @@ fn http_gateway_options() {
         "104 days",
     );
     ok("[limits.client.target]\nlogin = \"5/365d\"\n");
+    // An override's replacement rate too.
+    err_at(
+        "[store]\nkind = \"redis\"\nurl = \"redis://a\"\n[[override]]\ntarget = \"user:@a:example.org\"\nactions = [\"login\"]\nrate = \"5/365d\"\n",
+        4,
+        1,
+        "104 days",
+    );
     err_at(
         &m("[[gateway.http.rule]]\npath = \"/x\"\naction = \"teleport\"\n"),
         7,

@@ -105,6 +105,9 @@ pub fn classify(
                 (true, _) => Cost::RequestBytes,
             };
             let mut route = Route::new(r.side, Some(&r.action)).cost(cost);
+            if r.long_poll {
+                route = route.long_poll();
+            }
             if r.action == "login" && r.side == Side::Client {
                 route = route.login();
             }
@@ -259,6 +262,7 @@ mod tests {
             side: Side::Client,
             action: "report".into(),
             bytes: false,
+            long_poll: false,
         }];
         let r = classify(
             HttpProtocol::Matrix,
@@ -276,5 +280,16 @@ mod tests {
             false,
         );
         assert_eq!(r.action, None);
+        // A rule may mark its route a long poll.
+        let rules = vec![HttpRule {
+            method: None,
+            path: "/events".into(),
+            side: Side::Client,
+            action: "request".into(),
+            bytes: false,
+            long_poll: true,
+        }];
+        let r = classify(HttpProtocol::Generic, &rules, &Method::GET, "/events", false);
+        assert!(r.long_poll);
     }
 }

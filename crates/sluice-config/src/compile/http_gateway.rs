@@ -96,6 +96,7 @@ impl Compiler<'_> {
                 side,
                 action: action.clone(),
                 bytes,
+                long_poll: rule.long_poll.unwrap_or(false),
             });
         }
         let long_polls_per_account = match &r.long_polls_per_account {
