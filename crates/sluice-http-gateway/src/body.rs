@@ -64,16 +64,21 @@ pub struct BodyTimeout(pub std::time::Duration);
 pub struct IdleLimited {
     inner: ProxyBody,
     limit: std::time::Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Armed when the body goes quiet (`inner` pending), disarmed by a
+    /// frame; made on the first silence only, so a body that is all there
+    /// (most answers) costs no timer at all.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
 }
 
 impl IdleLimited {
-    /// Wraps `inner`; the clock starts now.
+    /// Wraps `inner`.
     pub fn new(inner: ProxyBody, limit: std::time::Duration) -> Self {
         Self {
             inner,
             limit,
-            deadline: Box::pin(tokio::time::sleep(limit)),
+            deadline: None,
+            armed: false,
         }
     }
 }
@@ -89,14 +94,23 @@ impl Body for IdleLimited {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let next = tokio::time::Instant::now() + this.limit;
-                this.deadline.as_mut().reset(next);
+                this.armed = false;
                 Poll::Ready(frame)
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(BoxError::new(BodyTimeout(this.limit))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if !this.armed {
+                    this.armed = true;
+                    let at = tokio::time::Instant::now() + this.limit;
+                    match &mut this.deadline {
+                        Some(d) => d.as_mut().reset(at),
+                        None => this.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+                    }
+                }
+                match this.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Some(Err(BoxError::new(BodyTimeout(this.limit))))),
+                    _ => Poll::Pending,
+                }
+            }
         }
     }
 
