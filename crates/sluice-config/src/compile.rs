@@ -175,10 +175,7 @@ impl Compiler<'_> {
         // The Redis store is exact for bucket spans up to ~104 days
         // (doubles in Lua); `serve` refuses more, so the check does too.
         let redis = store.kind == StoreKind::Redis;
-        let too_long = |r: &Rate| {
-            let g = r.gcra();
-            redis && g.emission().saturating_mul(g.burst()) > sluice_core::store::DOUBLE_EXACT_NANOS
-        };
+        let too_long = |r: &Rate| redis && !sluice_core::store::exact_in_doubles(&r.gcra());
         let too_long_why = |what: &str, r: &Rate| {
             format!("{what} ({r}): its bucket spans more than the Redis store keeps exact (about 104 days); use a shorter period or a smaller burst")
         };

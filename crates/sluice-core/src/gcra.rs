@@ -68,6 +68,12 @@ impl Gcra {
         self.burst
     }
 
+    /// How long an empty bucket takes to refill (burst × emission
+    /// interval, saturating): the span of time a bucket's state covers.
+    pub fn span(&self) -> Nanos {
+        self.tau
+    }
+
     /// Decides a request of `cost` units against state `tat` at `now`.
     #[inline]
     pub fn check(&self, tat: Nanos, now: Nanos, cost: u64) -> Verdict {

@@ -192,6 +192,13 @@ pub struct Outcome {
 /// beyond it.
 pub const DOUBLE_EXACT_NANOS: u64 = (1 << 53) - 1;
 
+/// Whether a store computing in doubles keeps this bucket exact (its span
+/// at most [`DOUBLE_EXACT_NANOS`]). The config check and the service's
+/// reload both ask this, for a Redis store.
+pub fn exact_in_doubles(g: &crate::gcra::Gcra) -> bool {
+    g.span() <= DOUBLE_EXACT_NANOS
+}
+
 /// A store failed (remote stores only; memory never fails).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

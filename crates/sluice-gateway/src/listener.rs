@@ -314,15 +314,10 @@ fn admit(
         }
         Err(e) => {
             tracing::error!("connection decision failed: {e}");
-            // A full lease table is not an outage to ride through: admitting
-            // would skip every connection limit, caps and rates alike.
-            let full = matches!(
-                e,
-                sluice_core::EngineError::Store(sluice_core::StoreError::LeasesFull(_))
-            );
-            match app.config().store.on_error {
-                sluice_config::OnError::Allow if !full => Ok((None, permit)),
-                _ => Err(Refusal::StoreError),
+            if app.refuse_on_error(&e) {
+                Err(Refusal::StoreError)
+            } else {
+                Ok((None, permit))
             }
         }
     }

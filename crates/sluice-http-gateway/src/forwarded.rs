@@ -46,6 +46,9 @@ pub struct Origin {
     /// each trusted proxy, and the peer (just the client when the peer is
     /// not a trusted proxy). This, and nothing a client wrote, goes upstream.
     pub chain: Vec<IpAddr>,
+    /// Whether the socket peer is a trusted proxy (whose `X-Forwarded-Proto`
+    /// and `X-Forwarded-Host` are believed too).
+    pub peer_trusted: bool,
 }
 
 /// Parses one address as it appears in either header: `192.0.2.1`,
@@ -191,12 +194,14 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet], from: RealI
         return Origin {
             client: peer,
             chain: vec![peer],
+            peer_trusted: false,
         };
     }
     walk(peer, &hops(headers, from), is_trusted)
 }
 
-/// The walk itself, for a chain already parsed (and for property tests).
+/// The walk itself from a trusted peer, for a chain already parsed (and for
+/// property tests).
 pub fn walk(peer: IpAddr, hops: &[Hop], is_trusted: impl Fn(&IpAddr) -> bool) -> Origin {
     // Right to left: `chain` collects verified hops from the peer outwards.
     let mut chain = vec![peer];
@@ -216,7 +221,11 @@ pub fn walk(peer: IpAddr, hops: &[Hop], is_trusted: impl Fn(&IpAddr) -> bool) ->
         }
     }
     chain.reverse();
-    Origin { client, chain }
+    Origin {
+        client,
+        chain,
+        peer_trusted: true,
+    }
 }
 
 impl Origin {

@@ -253,7 +253,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, BoxError> {
 }
 
 /// Whether a comma-separated field (all its lines) holds `token`.
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()

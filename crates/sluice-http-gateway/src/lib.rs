@@ -265,15 +265,8 @@ fn connection_slot(
             Err(Box::new(d))
         }
         Err(e) => {
-            // As the TCP gateway: the store's `on_error`, except that a full
-            // lease table refuses (admitting would skip every connection
-            // limit).
             tracing::error!("http gateway: connection decision failed: {e}");
-            let full = matches!(
-                e,
-                sluice_core::EngineError::Store(sluice_core::StoreError::LeasesFull(_))
-            );
-            if full || app.config().store.on_error == sluice_config::OnError::Deny {
+            if app.refuse_on_error(&e) {
                 Err(Box::new(proxy::synthetic_denial(
                     "gateway.connection_unavailable",
                     Duration::from_secs(1),

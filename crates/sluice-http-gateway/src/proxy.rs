@@ -223,11 +223,7 @@ fn proves_credential(protocol: HttpProtocol, path: &str) -> bool {
 }
 
 fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
-        && h.get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+    h.contains_key(header::UPGRADE) && h1::has_token(h, &header::CONNECTION, "upgrade")
 }
 
 fn content_length(h: &HeaderMap) -> Option<u64> {
@@ -511,7 +507,7 @@ impl Gateway {
         // Hop-by-hop fields first: a `Connection` naming the forwarding
         // fields must not remove the ones written here.
         strip_hop_by_hop(&mut parts.headers, upgrade);
-        self.rewrite_forwarding(&mut parts.headers, &origin, peer.ip(), &config, host.as_deref());
+        self.rewrite_forwarding(&mut parts.headers, &origin, host.as_deref());
         let up_req = Request::from_parts(parts, up_body);
         // A long poll waits as long as the upstream holds it, and an upload
         // as long as its body flows (`body_timeout` bounds its silences);
@@ -735,18 +731,10 @@ impl Gateway {
         )
     }
 
-    fn rewrite_forwarding(
-        &self,
-        h: &mut HeaderMap,
-        origin: &Origin,
-        peer: IpAddr,
-        config: &sluice_config::Config,
-        host: Option<&str>,
-    ) {
-        // Canonical: a trusted IPv4 proxy reaches a dual-stack listener as
-        // `::ffff:a.b.c.d`.
-        let peer = sluice_core::target::canonical_ip(peer);
-        let trusted_peer = config.network.trusted_proxies.iter().any(|n| n.contains(&peer));
+    fn rewrite_forwarding(&self, h: &mut HeaderMap, origin: &Origin, host: Option<&str>) {
+        // As `forwarded::resolve` found it (canonical: a trusted IPv4 proxy
+        // reaches a dual-stack listener as `::ffff:a.b.c.d`).
+        let trusted_peer = origin.peer_trusted;
         let ours = if self.shared.tls { "https" } else { "http" };
         let proto = match h.get(X_FORWARDED_PROTO).and_then(|v| v.to_str().ok()) {
             Some("https") if trusted_peer => "https",

@@ -11,14 +11,20 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::GatewayError;
 
+/// The certificates of a PEM file: at least one.
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, GatewayError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| GatewayError::Tls(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(GatewayError::Tls(format!("{}: no certificate", path.display())));
+    }
+    Ok(certs)
+}
+
 /// An acceptor serving the chain in `cert` with the key in `key`.
 pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, GatewayError> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| GatewayError::Tls(format!("{}: {e}", cert.display())))?;
-    if certs.is_empty() {
-        return Err(GatewayError::Tls(format!("{}: no certificate", cert.display())));
-    }
+    let certs = certificates(cert)?;
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| GatewayError::Tls(format!("{}: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -39,16 +45,10 @@ pub fn connector(ca: Option<&Path>) -> Result<TlsConnector, GatewayError> {
     let mut roots = RootCertStore::empty();
     match ca {
         Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| GatewayError::Tls(format!("{}: {e}", path.display())))?;
-            for c in certs {
+            for c in certificates(path)? {
                 roots
                     .add(c)
                     .map_err(|e| GatewayError::Tls(format!("{}: {e}", path.display())))?;
-            }
-            if roots.is_empty() {
-                return Err(GatewayError::Tls(format!("{}: no certificate", path.display())));
             }
         }
         None => {

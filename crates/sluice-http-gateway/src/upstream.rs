@@ -12,9 +12,7 @@
 //! remote upstream may forget it silently; the upstream may time it out).
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::BodyExt as _;
@@ -23,7 +21,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, Uri};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::body::{BoxError, ProxyBody};
@@ -93,72 +91,16 @@ impl<T> IdleStack<T> {
 
 type Idle = Arc<Mutex<IdleStack<SendRequest<ProxyBody>>>>;
 
-/// A connection to the upstream, plain or TLS.
-pub(crate) enum Stream {
-    Plain(tokio::net::TcpStream),
-    #[cfg(feature = "tls")]
-    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            #[cfg(feature = "tls")]
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            #[cfg(feature = "tls")]
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            #[cfg(feature = "tls")]
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Self::Plain(s) => s.is_write_vectored(),
-            #[cfg(feature = "tls")]
-            Self::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_flush(cx),
-            #[cfg(feature = "tls")]
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            #[cfg(feature = "tls")]
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+/// A connection to the upstream, plain or TLS (tokio-util's `Either`
+/// delegates reads and writes, vectored ones included).
+#[cfg(feature = "tls")]
+pub(crate) type Stream = tokio_util::either::Either<
+    tokio::net::TcpStream,
+    Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+>;
+/// A connection to the upstream (plain: this build has no TLS).
+#[cfg(not(feature = "tls"))]
+pub(crate) type Stream = tokio::net::TcpStream;
 
 fn lock(idle: &Idle) -> std::sync::MutexGuard<'_, IdleStack<SendRequest<ProxyBody>>> {
     idle.lock().unwrap_or_else(|p| p.into_inner())
@@ -298,9 +240,12 @@ impl Upstream {
                 .await
                 .map_err(|_| timed_out())?
                 .map_err(BoxError::new)?;
-            return Ok(Stream::Tls(Box::new(stream)));
+            return Ok(tokio_util::either::Either::Right(Box::new(stream)));
         }
-        Ok(Stream::Plain(stream))
+        #[cfg(feature = "tls")]
+        return Ok(tokio_util::either::Either::Left(stream));
+        #[cfg(not(feature = "tls"))]
+        Ok(stream)
     }
 
     /// Sends a `GET` or `HEAD` with no body ([`h1::eligible`]) the lean way

@@ -890,11 +890,21 @@ async fn generic_rules_and_rate_limit_fields() {
     assert_eq!(r.status, 200);
 }
 
-#[tokio::test]
-async fn websocket_upgrades_pass() {
+/// What a new connection to `addr` reads before it is closed (a refused
+/// connection's only answer).
+async fn refusal_text(addr: std::net::SocketAddr) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Opens a WebSocket to the upstream's echo through the gateway at `addr`:
+/// the 101 read, and one message echoed through the splice.
+async fn open_websocket(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let h = start("jmap", TRUSTING, "").await;
-    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /jmap/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
         .await
         .unwrap();
@@ -914,38 +924,23 @@ async fn websocket_upgrades_pass() {
     let mut echo = [0u8; 4];
     s.read_exact(&mut echo).await.unwrap();
     assert_eq!(&echo, b"ping");
+    s
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass() {
+    let h = start("jmap", TRUSTING, "").await;
+    open_websocket(h.addr).await;
 }
 
 /// An upgraded connection keeps its per-address connection lease for as
 /// long as it is open: a WebSocket does not free its client's slot.
 #[tokio::test]
 async fn websockets_hold_their_connection_slot() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let h = start("jmap", "[concurrency.client.target]\nconnection = 1\n", "").await;
-    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
-    s.write_all(b"GET /jmap/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 1024];
-    let mut got = Vec::new();
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed before the 101");
-        got.extend_from_slice(&buf[..n]);
-    }
-    assert!(
-        got.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&got)
-    );
     // The splice is running (and the HTTP connection it came from is over).
-    s.write_all(b"ping").await.unwrap();
-    let mut echo = [0u8; 4];
-    s.read_exact(&mut echo).await.unwrap();
-    let mut second = tokio::net::TcpStream::connect(h.addr).await.unwrap();
-    let mut out = Vec::new();
-    second.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out);
+    let _ws = open_websocket(h.addr).await;
+    let text = refusal_text(h.addr).await;
     assert!(text.starts_with("HTTP/1.1 429"), "{text}");
     assert!(text.contains("client.concurrent.connection.ip"), "{text}");
 }
@@ -1103,10 +1098,7 @@ async fn connections_over_the_limit_are_refused() {
         "{}",
         String::from_utf8_lossy(&out)
     );
-    let mut second = tokio::net::TcpStream::connect(h.addr).await.unwrap();
-    let mut out = Vec::new();
-    second.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out);
+    let text = refusal_text(h.addr).await;
     assert!(text.starts_with("HTTP/1.1 429"), "{text}");
     assert!(
         text.contains("M_LIMIT_EXCEEDED") && text.contains("retry_after_ms"),

@@ -62,4 +62,4 @@ mod local;
 mod store;
 
 pub use bans::BanSync;
-pub use store::{ConnectError, FailMode, Options, RedisStats, RedisStore, TimeSource, MAX_EXACT_SPAN};
+pub use store::{ConnectError, FailMode, Options, RedisStats, RedisStore, TimeSource};

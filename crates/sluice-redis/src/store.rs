@@ -206,12 +206,6 @@ impl std::fmt::Debug for RedisStore {
 /// Largest nanosecond count a Lua double holds exactly (2^53 − 1, ~104 days).
 const EXACT: u64 = sluice_core::store::DOUBLE_EXACT_NANOS;
 
-/// The longest bucket span (burst × emission interval) the store keeps
-/// exact: ~104 days. A limit whose bucket spans more would be judged
-/// differently by the script and the engine, so services refuse such a
-/// policy on Redis ([`RedisStore::exact_for`]).
-pub const MAX_EXACT_SPAN: std::time::Duration = std::time::Duration::from_nanos(EXACT);
-
 /// A reference instant for turning the script's "TAT − now" into the
 /// memory store's `(tat, now)`: GCRA depends only on the difference.
 const REF: Nanos = 1 << 60;
@@ -236,16 +230,10 @@ struct Reply {
 }
 
 fn tau(g: &sluice_core::gcra::Gcra) -> u64 {
-    g.emission().saturating_mul(g.burst()).min(EXACT)
+    g.span().min(EXACT)
 }
 
 impl RedisStore {
-    /// Whether a bucket with these GCRA parameters spans at most
-    /// [`MAX_EXACT_SPAN`].
-    pub fn exact_for(g: &sluice_core::gcra::Gcra) -> bool {
-        g.emission().saturating_mul(g.burst()) <= EXACT
-    }
-
     /// Connects. See [`RedisStore::open`]; this is the same, for async callers.
     pub async fn connect(opts: Options) -> Result<Self, ConnectError> {
         Self::open(opts)

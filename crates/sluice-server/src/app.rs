@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use sluice_config::Config;
-use sluice_core::{Ban, Clock, Decision, Engine, MemoryStore, Nanos, Side, Target};
+use sluice_core::{Ban, Clock, Decision, Engine, EngineError, MemoryStore, Nanos, Side, Target};
 use tokio::sync::Notify;
 
 use crate::metrics::{Gauges, Metrics};
@@ -125,8 +125,8 @@ impl App {
 
     /// Builds the service with an injected clock (tests use a fake one).
     pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, ServerError> {
+        // (Its policy was checked against its store when it was compiled.)
         let backend = crate::backend::Backend::open(&config)?;
-        backend.check_policy(&config.policy)?;
         let engine = Engine::new(config.policy.clone(), backend.store(), clock);
         let state_dir = config.server.state_dir.clone().or_else(default_state_dir);
         let bans_file = state_dir.as_deref().map(BanFile::in_dir);
@@ -265,6 +265,15 @@ impl App {
         self.inner.config.store(Arc::new(new));
         tracing::warn!(file = %path.display(), "configuration reloaded");
         Ok(())
+    }
+
+    /// Whether a gateway refuses a connection whose decision failed with
+    /// `e`: as the store's `on_error` says, except that a full lease table
+    /// always refuses — it is not an outage to ride through, and admitting
+    /// would skip every connection limit, caps and rates alike.
+    pub fn refuse_on_error(&self, e: &EngineError) -> bool {
+        let full = matches!(e, EngineError::Store(sluice_core::StoreError::LeasesFull(_)));
+        full || self.config().store.on_error == sluice_config::OnError::Deny
     }
 
     /// Records a decision in metrics, activity and logs. Gateways call it

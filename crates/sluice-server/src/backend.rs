@@ -52,14 +52,15 @@ impl Backend {
     }
 
     /// Refuses a policy this store cannot keep exact: on Redis, a rate
-    /// whose bucket spans more than [`sluice_redis::MAX_EXACT_SPAN`]
-    /// (~104 days; "5/365d" is one) would be admitted by the script and
-    /// judged denied by the engine.
+    /// whose bucket spans more than ~104 days ("5/365d" is one) would be
+    /// admitted by the script and judged denied by the engine. The config
+    /// check refuses such a policy for the store its own file names; this
+    /// covers a reload whose file names another store than the running one.
     pub(crate) fn check_policy(&self, policy: &sluice_core::Policy) -> Result<(), ServerError> {
         if let Backend::Redis(_) = self {
             for l in policy.limits() {
                 if let sluice_core::LimitKind::Rate(r) = &l.kind {
-                    if !RedisStore::exact_for(&r.gcra()) {
+                    if !sluice_core::store::exact_in_doubles(&r.gcra()) {
                         return Err(ServerError::Store(format!(
                             "limit {} ({r}): its bucket spans more than the Redis store keeps exact (about 104 days); use a shorter period or a smaller burst",
                             l.name
