@@ -1417,12 +1417,14 @@ impl Engine {
         let d = self.decide(req, Mode::Acquire { ttl: None })?;
         Ok(match (d.allowed, d.lease) {
             (true, Some(lease)) => Ok(Guard {
-                engine: self.clone(),
+                engine: Some(self.clone()),
                 lease: lease.id,
                 decision: d,
             }),
+            // Nothing to release: no engine handle either (cloning it is an
+            // atomic increment every thread deciding shares).
             (true, None) => Ok(Guard {
-                engine: self.clone(),
+                engine: None,
                 lease: 0,
                 decision: d,
             }),
@@ -1535,7 +1537,8 @@ impl Engine {
 /// An in-process concurrency slot, released when dropped.
 #[derive(Debug)]
 pub struct Guard {
-    engine: Engine,
+    /// Set when there is a lease to release.
+    engine: Option<Engine>,
     lease: LeaseId,
     decision: Decision,
 }
@@ -1566,9 +1569,9 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if self.lease != 0 {
+        if let (Some(engine), true) = (&self.engine, self.lease != 0) {
             // A memory store never fails; a remote store's lease lapses on its own.
-            let _ = self.engine.release(self.lease);
+            let _ = engine.release(self.lease);
         }
     }
 }

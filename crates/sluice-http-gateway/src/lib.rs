@@ -39,7 +39,9 @@
 //! ```
 
 pub mod body;
+mod deadline;
 pub mod forwarded;
+mod front;
 mod h1;
 pub mod identity;
 mod proxy;
@@ -51,6 +53,7 @@ mod upstream;
 mod worker;
 
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -208,7 +211,7 @@ async fn accepted(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: Acceptor,
-    stop: tokio::sync::watch::Receiver<bool>,
+    stop: Arc<worker::Stop>,
 ) {
     // Direct clients (not trusted proxies) are held to the per-address
     // connection limits, as the TCP gateway does.
@@ -248,13 +251,7 @@ fn connection_slot(
 ) -> Result<Option<sluice_core::Guard>, Box<sluice_core::Decision>> {
     let app = &gw.shared.app;
     let ip = sluice_core::target::canonical_ip(peer.ip());
-    if app
-        .config()
-        .network
-        .trusted_proxies
-        .iter()
-        .any(|n| n.contains(&ip))
-    {
+    if app.with_config(|c| c.network.trusted_proxies.iter().any(|n| n.contains(&ip))) {
         return Ok(None);
     }
     match app.engine().acquire_guard(&Ask::client("connection").ip(ip)) {
@@ -304,32 +301,40 @@ async fn connection<S>(
     io: S,
     peer: SocketAddr,
     slot: Option<Arc<sluice_core::Guard>>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: Arc<worker::Stop>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let _registered = stop.register().await;
+    // The common request on the lean path; the first other one hands the
+    // connection to hyper for good.
+    let mut ctx = proxy::ConnCtx::new(&gw, peer, slot.clone());
+    let (io, prefix) = match front::serve(&gw, io, &mut ctx, stop.flag()).await {
+        front::Outcome::Closed => return,
+        front::Outcome::Handoff(io, prefix) => (io, prefix),
+    };
+    drop(ctx);
     let svc = service_fn(move |req| {
         let gw = gw.clone();
-        let slot = slot.clone();
-        async move { Ok::<_, Infallible>(gw.handle_on(req, peer, slot).await) }
+        let mut ctx = proxy::ConnCtx::new(&gw, peer, slot.clone());
+        async move { Ok::<_, Infallible>(gw.handle_hyper(req, &mut ctx).await) }
     });
     let conn = http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .serve_connection(TokioIo::new(io), svc)
+        .header_read_timeout(front::HEAD_TIMEOUT)
+        .serve_connection(TokioIo::new(front::Rewind::new(io, prefix)), svc)
         .with_upgrades();
     tokio::pin!(conn);
-    let stopping = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = stopping => {
+    let mut graceful = false;
+    let result = std::future::poll_fn(|cx| {
+        if !graceful && stop.flag().load(Ordering::Relaxed) {
             // Finish the request in flight, then close.
             conn.as_mut().graceful_shutdown();
-            conn.await
+            graceful = true;
         }
-    };
+        conn.as_mut().poll(cx)
+    })
+    .await;
     if let Err(e) = result {
         tracing::debug!("http gateway connection: {e}");
     }
@@ -344,28 +349,24 @@ fn metrics_source(gws: Vec<(Gateway, SocketAddr)>) -> sluice_server::MetricsSour
         for (gw, l) in &gws {
             let c = &gw.shared.counters;
             for (outcome, v) in [
-                ("forwarded", &c.forwarded),
-                ("denied", &c.denied),
-                ("upstream_error", &c.upstream_errors),
+                ("forwarded", proxy::Count::Forwarded),
+                ("denied", proxy::Count::Denied),
+                ("upstream_error", proxy::Count::UpstreamErrors),
             ] {
                 let _ = writeln!(
                     out,
                     "sluice_http_gateway_requests_total{{listen=\"{l}\",outcome=\"{outcome}\"}} {}",
-                    v.load(Ordering::Relaxed)
+                    c.get(v)
                 );
             }
         }
-        for (family, pick) in [
-            (
-                "auth_failures",
-                (|c: &proxy::Counters| &c.auth_failures)
-                    as fn(&proxy::Counters) -> &std::sync::atomic::AtomicU64,
-            ),
-            ("whoami", |c: &proxy::Counters| &c.whoami),
+        for (family, count) in [
+            ("auth_failures", proxy::Count::AuthFailures),
+            ("whoami", proxy::Count::Whoami),
         ] {
             let _ = writeln!(out, "# TYPE sluice_http_gateway_{family}_total counter");
             for (gw, l) in &gws {
-                let v = pick(&gw.shared.counters).load(Ordering::Relaxed);
+                let v = gw.shared.counters.get(count);
                 let _ = writeln!(out, "sluice_http_gateway_{family}_total{{listen=\"{l}\"}} {v}");
             }
         }

@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +30,7 @@ use sluice_core::{Decision, Engine, Mode, Reason, Request as Ask, Side, Target, 
 use sluice_server::App;
 
 use crate::body::{self, Charger, Held, IdleLimited, Metered, ProxyBody, Verdict};
+use crate::deadline::Deadline;
 use crate::forwarded::{self, Origin};
 use crate::h1;
 use crate::identity::{self, Credential, TtlCache};
@@ -46,14 +46,28 @@ const IDENTITY_CAPACITY: usize = 100_000;
 /// Largest 401 body read to tell a user-interactive challenge from a failure.
 const CHALLENGE_MAX: usize = 64 * 1024;
 
-/// Counters for `/metrics`.
+/// What `/metrics` counts per gateway.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Count {
+    Forwarded,
+    Denied,
+    UpstreamErrors,
+    AuthFailures,
+    Whoami,
+}
+
+/// Counters for `/metrics`, striped per thread (every request adds one).
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub forwarded: AtomicU64,
-    pub denied: AtomicU64,
-    pub upstream_errors: AtomicU64,
-    pub auth_failures: AtomicU64,
-    pub whoami: AtomicU64,
+pub(crate) struct Counters(sluice_server::Striped<5>);
+
+impl Counters {
+    pub(crate) fn add(&self, c: Count) {
+        self.0.add(c as usize);
+    }
+
+    pub(crate) fn get(&self, c: Count) -> u64 {
+        self.0.get(c as usize)
+    }
 }
 
 pub(crate) struct Shared {
@@ -101,6 +115,39 @@ struct Who {
     credential: Credential,
     /// A Basic credential or federation origin waiting for the upstream's word.
     pending: Option<u64>,
+}
+
+/// What a request borrows from its connection.
+pub(crate) struct ConnCtx {
+    /// The socket's peer.
+    pub peer: SocketAddr,
+    /// The connection's per-address lease, if it took one: an upgraded
+    /// connection holds it too.
+    pub slot: Option<Arc<sluice_core::Guard>>,
+    /// The connection's timer for `upstream_timeout` (and the lean
+    /// server's head timeout).
+    pub deadline: Deadline,
+    /// The forwarding fields made for a direct client.
+    pub forwarding: Option<Forwarding>,
+}
+
+impl ConnCtx {
+    /// A connection from `peer` to `gw` holding `slot`.
+    pub(crate) fn new(gw: &Gateway, peer: SocketAddr, slot: Option<Arc<sluice_core::Guard>>) -> Self {
+        Self {
+            peer,
+            slot,
+            deadline: Deadline::new(gw.shared.cfg.upstream_timeout.min(crate::front::HEAD_TIMEOUT)),
+            forwarding: None,
+        }
+    }
+}
+
+/// A direct client's forwarding values (see `Gateway::rewrite_forwarding`).
+pub(crate) struct Forwarding {
+    host: Option<String>,
+    xff: Option<HeaderValue>,
+    forwarded: Option<HeaderValue>,
 }
 
 /// Counted slots per target, kept by the gateway process (long polls,
@@ -323,42 +370,61 @@ impl Gateway {
     }
 
     fn deny(&self, route: &Route, d: &Decision) -> Response<ProxyBody> {
-        self.shared.counters.denied.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.add(Count::Denied);
         respond::denied(self.protocol(), route.matrix, d)
     }
 
     /// Handles one request from `peer`.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
-        self.handle_on(req, peer, None).await
+        let mut ctx = ConnCtx::new(self, peer, None);
+        self.handle_hyper(req, &mut ctx).await
     }
 
-    /// Handles one request from `peer` on a connection holding `conn_slot`
-    /// (its per-address connection lease): an upgraded connection outlives
-    /// the HTTP connection it came from, so it holds the lease too.
-    pub(crate) async fn handle_on(
+    /// Handles one request that hyper's server read.
+    pub(crate) async fn handle_hyper(
         &self,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
-        conn_slot: Option<Arc<sluice_core::Guard>>,
+        ctx: &mut ConnCtx,
     ) -> Response<ProxyBody> {
-        let config = self.shared.app.config();
-        let origin = forwarded::resolve(
-            peer.ip(),
-            req.headers(),
-            &config.network.trusted_proxies,
-            self.shared.cfg.real_ip_header,
-        );
-        let upgrade = is_upgrade(req.headers());
-        let path = req.uri().path().to_owned();
+        let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let (parts, incoming) = req.into_parts();
+        let body = if incoming.is_end_stream() {
+            body::empty()
+        } else {
+            incoming.map_err(body::BoxError::new).boxed()
+        };
+        self.handle_parts(parts, body, client_upgrade, ctx).await
+    }
+
+    /// Handles one request on the connection `ctx` describes. An upgraded
+    /// connection outlives the HTTP connection it came from, so it holds
+    /// the connection's lease (`ctx.slot`) too.
+    pub(crate) async fn handle_parts(
+        &self,
+        mut parts: hyper::http::request::Parts,
+        client_body: ProxyBody,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        ctx: &mut ConnCtx,
+    ) -> Response<ProxyBody> {
+        let origin = self.shared.app.with_config(|config| {
+            forwarded::resolve(
+                ctx.peer.ip(),
+                &parts.headers,
+                &config.network.trusted_proxies,
+                self.shared.cfg.real_ip_header,
+            )
+        });
+        let upgrade = client_upgrade.is_some();
+        let path = parts.uri.path().to_owned();
         let route = route::classify(
             self.protocol(),
             &self.shared.cfg.rules,
-            req.method(),
+            &parts.method,
             &path,
             upgrade,
         );
-        if req
-            .headers()
+        if parts
+            .headers
             .get_all(header::AUTHORIZATION)
             .iter()
             .nth(1)
@@ -372,13 +438,13 @@ impl Gateway {
                 "more than one Authorization field",
             );
         }
-        let who = self.identify(&req, &origin, &route).await;
+        let who = self.identify(&parts.headers, &parts.uri, &origin, &route).await;
 
         // Limits. The specific action first: when it denies, `request`
         // has not been charged.
         let mut reports: Vec<Decision> = Vec::new();
         let mut held: Vec<Held> = Vec::new();
-        let declared = content_length(req.headers());
+        let declared = content_length(&parts.headers);
         if let Some(action) = route.action.as_deref() {
             let d = match (route.charge, route.cost) {
                 (Charge::OnSuccess, _) => {
@@ -489,12 +555,10 @@ impl Gateway {
         }
 
         // Forward.
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, incoming) = req.into_parts();
         let verdict: Verdict = Arc::new(Mutex::new(None));
         let meter_upload = route.cost == Cost::RequestBytes && declared.is_none() && route.action.is_some();
         let charger = meter_upload.then(|| self.charger(&who, &route));
-        let mut client_body = incoming.map_err(body::BoxError::new).boxed();
+        let mut client_body = client_body;
         if !client_body.is_end_stream() {
             client_body = IdleLimited::new(client_body, self.shared.cfg.body_timeout).boxed();
         }
@@ -507,7 +571,7 @@ impl Gateway {
         // Hop-by-hop fields first: a `Connection` naming the forwarding
         // fields must not remove the ones written here.
         strip_hop_by_hop(&mut parts.headers, upgrade);
-        self.rewrite_forwarding(&mut parts.headers, &origin, host.as_deref());
+        self.rewrite_forwarding(&mut parts.headers, &origin, host.as_deref(), &mut ctx.forwarding);
         let up_req = Request::from_parts(parts, up_body);
         // A long poll waits as long as the upstream holds it, and an upload
         // as long as its body flows (`body_timeout` bounds its silences);
@@ -517,13 +581,14 @@ impl Gateway {
         let sent = if route.long_poll || !small {
             self.send(up_req).await
         } else {
-            match tokio::time::timeout(self.shared.cfg.upstream_timeout, self.send(up_req)).await {
+            match ctx
+                .deadline
+                .within(self.shared.cfg.upstream_timeout, self.send(up_req))
+                .await
+            {
                 Ok(r) => r,
                 Err(_) => {
-                    self.shared
-                        .counters
-                        .upstream_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.shared.counters.add(Count::UpstreamErrors);
                     tracing::warn!(upstream = %self.shared.base, "http gateway: no answer from the upstream within {:?}", self.shared.cfg.upstream_timeout);
                     return respond::upstream_error(
                         self.protocol(),
@@ -552,10 +617,7 @@ impl Gateway {
                         "request body timed out",
                     );
                 }
-                self.shared
-                    .counters
-                    .upstream_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.counters.add(Count::UpstreamErrors);
                 tracing::warn!(upstream = %self.shared.base, "http gateway: upstream request failed: {e}");
                 return respond::upstream_error(
                     self.protocol(),
@@ -564,14 +626,14 @@ impl Gateway {
                 );
             }
         };
-        self.shared.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.add(Count::Forwarded);
         let status = resp.status();
 
         // Watch the answer.
         if status == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                if let Some(slot) = conn_slot {
+                if let Some(slot) = ctx.slot.clone() {
                     held.push(Box::new(slot));
                 }
                 tokio::spawn(async move {
@@ -613,7 +675,7 @@ impl Gateway {
             failure = route.login;
         }
         if failure {
-            self.shared.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+            self.shared.counters.add(Count::AuthFailures);
             let d = self.decide(&who, Side::Client, "authentication_failure", 1, Mode::Check);
             reports.push(d);
         } else if let Some(key) = who.pending {
@@ -731,7 +793,13 @@ impl Gateway {
         )
     }
 
-    fn rewrite_forwarding(&self, h: &mut HeaderMap, origin: &Origin, host: Option<&str>) {
+    fn rewrite_forwarding(
+        &self,
+        h: &mut HeaderMap,
+        origin: &Origin,
+        host: Option<&str>,
+        cache: &mut Option<Forwarding>,
+    ) {
         // As `forwarded::resolve` found it (canonical: a trusted IPv4 proxy
         // reaches a dual-stack listener as `::ffff:a.b.c.d`).
         let trusted_peer = origin.peer_trusted;
@@ -744,20 +812,32 @@ impl Gateway {
         if !trusted_peer {
             h.remove(X_FORWARDED_HOST);
         }
-        // Values from owned strings (no copy); a direct client's chain is
-        // its address alone: one value for both fields.
-        let xff = HeaderValue::try_from(origin.x_forwarded_for()).ok();
-        let real_ip = if origin.chain.as_slice() == [origin.client] {
-            xff.clone()
+        let (xff, forwarded, real_ip) = if trusted_peer {
+            let xff = HeaderValue::try_from(origin.x_forwarded_for()).ok();
+            let real_ip = if origin.chain.as_slice() == [origin.client] {
+                xff.clone()
+            } else {
+                HeaderValue::try_from(origin.client.to_string()).ok()
+            };
+            let forwarded = HeaderValue::try_from(origin.forwarded(proto, host)).ok();
+            (xff, forwarded, real_ip)
         } else {
-            HeaderValue::try_from(origin.client.to_string()).ok()
+            // A direct client: its chain is its own address, the same on
+            // every request of the connection, and so are the values but
+            // for the host. Made once per connection (and host).
+            let c = match cache {
+                Some(c) if c.host.as_deref() == host => c,
+                _ => cache.insert(Forwarding {
+                    host: host.map(str::to_owned),
+                    xff: HeaderValue::try_from(origin.x_forwarded_for()).ok(),
+                    forwarded: HeaderValue::try_from(origin.forwarded(proto, host)).ok(),
+                }),
+            };
+            (c.xff.clone(), c.forwarded.clone(), c.xff.clone())
         };
         for (k, v) in [
             (X_FORWARDED_FOR, xff),
-            (
-                FORWARDED,
-                HeaderValue::try_from(origin.forwarded(proto, host)).ok(),
-            ),
+            (FORWARDED, forwarded),
             (X_REAL_IP, real_ip),
             (X_FORWARDED_PROTO, Some(HeaderValue::from_static(proto))),
         ] {
@@ -774,8 +854,8 @@ impl Gateway {
     }
 
     /// Reads who is asking (see [`crate::identity`] for what is believed).
-    async fn identify(&self, req: &Request<Incoming>, origin: &Origin, route: &Route) -> Who {
-        let credential = identity::credential(req.headers(), req.uri().query());
+    async fn identify(&self, headers: &HeaderMap, uri: &Uri, origin: &Origin, route: &Route) -> Who {
+        let credential = identity::credential(headers, uri.query());
         let (normalizer_ip, _) = self
             .engine()
             .with_policy(|p| (p.normalizer().ip_target(origin.client), ()));
@@ -789,8 +869,7 @@ impl Gateway {
             Credential::Bearer(token) => {
                 if let Some(a) = self.shared.appservices.get(token) {
                     targets.appservice = Some(a.clone());
-                    targets.user = req
-                        .uri()
+                    targets.user = uri
                         .query()
                         .and_then(|q| identity::query_param(q, "user_id"))
                         .and_then(|u| Target::user(&u).ok());
@@ -801,7 +880,7 @@ impl Gateway {
             Credential::Basic { user, password } => {
                 let key = identity::keyed(&self.shared.key, &["basic", user, password]);
                 if self.shared.verified.get(&key).is_some() {
-                    targets.user = basic_user(user, req.headers());
+                    targets.user = basic_user(user, headers);
                 } else {
                     pending = Some(key);
                 }
@@ -875,7 +954,7 @@ impl Gateway {
 
     /// Asks the upstream who a token belongs to: `Ok(None)` if it refuses it.
     async fn whoami(&self, token: &str) -> Result<Option<Target>, ()> {
-        self.shared.counters.whoami.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.add(Count::Whoami);
         // The target alone: `send` joins it to the base.
         let uri = Uri::from_static("/_matrix/client/v3/account/whoami");
         let auth = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ())?;

@@ -13,10 +13,12 @@
 //! ([`Gateway::for_worker`]), so limits and metrics are the gateway's, not a
 //! worker's.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Waker;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -115,6 +117,72 @@ impl Workers {
     }
 }
 
+/// A worker's shutdown signal for its connections: a flag they read
+/// between requests, and their tasks' wakers to wake idle ones with.
+///
+/// A `watch` receiver per connection, polled beside the connection (as
+/// `tokio::select!` does on every wake-up), takes a lock per poll; the flag
+/// is one load, and a connection registers its waker once.
+#[derive(Default)]
+pub(crate) struct Stop {
+    flag: AtomicBool,
+    next: AtomicU64,
+    wakers: Mutex<HashMap<u64, Waker>>,
+}
+
+impl Stop {
+    /// The flag connections read: true once the gateway stops.
+    pub(crate) fn flag(&self) -> &AtomicBool {
+        &self.flag
+    }
+
+    /// Registers the current task to be woken at shutdown, until the
+    /// returned value is dropped.
+    pub(crate) async fn register(self: &Arc<Self>) -> Registered {
+        let waker = std::future::poll_fn(|cx| std::task::Poll::Ready(cx.waker().clone())).await;
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.wakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, waker);
+        Registered {
+            stop: self.clone(),
+            id,
+        }
+    }
+
+    /// Raises the flag and wakes every registered connection.
+    pub(crate) fn trigger(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+        let wakers: Vec<Waker> = self
+            .wakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, w)| w)
+            .collect();
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+/// A connection's registration with [`Stop`].
+pub(crate) struct Registered {
+    stop: Arc<Stop>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.stop
+            .wakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
 /// What a worker thread owns.
 struct Worker {
     gw: Gateway,
@@ -147,11 +215,18 @@ impl Worker {
                 upstream.sweep();
             }
         });
+        let stop = Arc::new(Stop::default());
+        let mut signal = self.stop.clone();
+        let trigger = stop.clone();
+        tokio::spawn(async move {
+            let _ = signal.wait_for(|s| *s).await;
+            trigger.trigger();
+        });
         while let Some(Handoff { stream, peer, open }) = rx.recv().await {
             let closed = Closed(self.open.clone());
             let gw = self.gw.clone();
             let acceptor = self.acceptor.clone();
-            let stop = self.stop.clone();
+            let stop = stop.clone();
             tokio::spawn(async move {
                 match tokio::net::TcpStream::from_std(stream) {
                     Ok(stream) => accepted(gw, stream, peer, acceptor, stop).await,

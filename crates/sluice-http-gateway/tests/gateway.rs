@@ -1321,3 +1321,185 @@ async fn upstream_closing_its_connections_is_reopened() {
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 5);
 }
+
+/// Reads what the gateway sends on `s` until it closes the connection.
+async fn read_to_close(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the gateway did not close the connection")
+        .unwrap();
+    out
+}
+
+/// Splits `raw` into answers, one per method in `methods` (a `HEAD`'s has
+/// no body whatever its length says): each answer's head and body.
+fn answers(mut raw: &[u8], methods: &[&str]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for m in methods {
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no head for {m} in {:?}", String::from_utf8_lossy(raw)))
+            + 4;
+        let head = String::from_utf8_lossy(&raw[..end]).to_lowercase();
+        raw = &raw[end..];
+        let mut body = Vec::new();
+        if *m != "HEAD" {
+            if let Some(n) = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(|n| n.trim().parse::<usize>().unwrap())
+            {
+                body = raw[..n].to_vec();
+                raw = &raw[n..];
+            } else {
+                assert!(head.contains("transfer-encoding: chunked"), "{head}");
+                loop {
+                    let eol = raw.windows(2).position(|w| w == b"\r\n").unwrap();
+                    let n = usize::from_str_radix(std::str::from_utf8(&raw[..eol]).unwrap(), 16).unwrap();
+                    raw = &raw[eol + 2..];
+                    body.extend_from_slice(&raw[..n]);
+                    raw = &raw[n + 2..];
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        out.push((head, body));
+    }
+    assert!(raw.is_empty(), "left over: {:?}", String::from_utf8_lossy(raw));
+    out
+}
+
+/// Requests sent back to back on one connection: the lean path answers
+/// the GET and the HEAD, the POST hands the connection (with the bytes
+/// already read) to hyper, which answers it and the rest.
+#[tokio::test]
+async fn pipelined_requests_and_the_hand_over_to_hyper() {
+    use tokio::io::AsyncWriteExt as _;
+    let h = start("matrix", TRUSTING, "").await;
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(
+        b"GET /_matrix/client/v3/capabilities HTTP/1.1\r\nHost: x\r\n\r\n\
+          HEAD /_matrix/client/v3/capabilities HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /_matrix/media/v3/download/s/m?size=25&chunked=1 HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /_matrix/client/v3/rooms/r/send/m/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}\
+          GET /_matrix/client/v3/versions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let raw = read_to_close(&mut s).await;
+    let got = answers(&raw, &["GET", "HEAD", "GET", "POST", "GET"]);
+    for (head, _) in &got {
+        assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+        assert!(head.contains("\r\ndate: "), "{head}");
+        assert!(head.contains("\r\nratelimit: "), "{head}");
+    }
+    let get: serde_json::Value = serde_json::from_slice(&got[0].1).unwrap();
+    assert_eq!(get["method"], "GET");
+    // The HEAD's answer keeps the length of the body it would have had
+    // (the upstream echoes the method: one byte longer), and has none.
+    assert!(
+        got[1]
+            .0
+            .contains(&format!("content-length: {}\r\n", got[0].1.len() + 1)),
+        "{}",
+        got[1].0
+    );
+    // A body of unknown length reaches the client chunked, whole.
+    assert_eq!(got[2].1, vec![b'x'; 20]);
+    let post: serde_json::Value = serde_json::from_slice(&got[3].1).unwrap();
+    assert_eq!(
+        (post["method"].as_str(), post["len"].as_u64()),
+        (Some("POST"), Some(2))
+    );
+    assert!(got[4].0.contains("connection: close"), "{}", got[4].0);
+    assert_eq!(h.seen.requests.load(Ordering::SeqCst), 5);
+}
+
+/// What the lean path does not take is answered as hyper always did: a
+/// malformed head 400, HTTP/1.0, a head larger than the lean path's limit
+/// read in many pieces.
+#[tokio::test]
+async fn heads_the_lean_path_leaves_are_answered_by_hyper() {
+    use tokio::io::AsyncWriteExt as _;
+    let h = start("matrix", TRUSTING, "").await;
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nBad Header\r\n\r\n")
+        .await
+        .unwrap();
+    let raw = read_to_close(&mut s).await;
+    assert!(
+        raw.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"GET /_matrix/client/v3/capabilities HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let raw = read_to_close(&mut s).await;
+    assert!(
+        raw.starts_with(b"HTTP/1.0 200"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let big = "y".repeat(100 * 1024);
+    let head = format!("GET /_matrix/client/v3/capabilities HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n");
+    for piece in head.as_bytes().chunks(7000) {
+        s.write_all(piece).await.unwrap();
+    }
+    let raw = read_to_close(&mut s).await;
+    let got = answers(&raw, &["GET"]);
+    assert!(got[0].0.starts_with("http/1.1 200"), "{}", got[0].0);
+}
+
+/// At shutdown an idle kept-alive connection is closed at once, on the
+/// lean path and after the hand-over to hyper alike (the drain would
+/// otherwise wait for the clients to leave).
+#[tokio::test]
+async fn shutdown_closes_idle_connections() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let h = start("matrix", TRUSTING, "").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(sluice_server::serve(listener, h.app.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let mut lean = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let mut handed = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    lean.write_all(b"GET /_matrix/client/v3/capabilities HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    handed
+        .write_all(
+            b"POST /_matrix/client/v3/rooms/r/send/m/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+        )
+        .await
+        .unwrap();
+    for s in [&mut lean, &mut handed] {
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("shutdown waited for idle connections")
+        .unwrap()
+        .unwrap();
+    for s in [&mut lean, &mut handed] {
+        let rest = read_to_close(s).await;
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    }
+}

@@ -199,6 +199,13 @@ impl App {
         self.inner.config.load_full()
     }
 
+    /// Runs `f` with the current config without taking a reference on it:
+    /// on a hot path the `Arc` count [`App::config`] increments is shared
+    /// by every thread and bounces between cores.
+    pub fn with_config<R>(&self, f: impl FnOnce(&Config) -> R) -> R {
+        f(&self.inner.config.load())
+    }
+
     /// The engine's time.
     pub fn now(&self) -> Nanos {
         self.inner.engine.now()

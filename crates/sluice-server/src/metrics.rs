@@ -2,7 +2,9 @@
 //!
 //! Counter cells are pre-created for every action and limit of the policy
 //! (and carried over on reload), so recording a decision is a few hash
-//! lookups and relaxed atomic adds — no lock, no allocation.
+//! lookups and relaxed atomic adds — no lock, no allocation. The adds go
+//! to the calling thread's stripe ([`Striped`]): one counter every thread
+//! adds to moves its cache line between cores on every add.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -12,7 +14,55 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use sluice_core::{Decision, LimitOutcome, Policy, Side};
 
-type Cells = [AtomicU64; 3];
+type Cells = Striped<3>;
+
+/// Stripes per counter set: threads beyond this share stripes.
+const STRIPES: usize = 8;
+
+/// One thread's stripe, a cache line of its own.
+#[repr(align(128))]
+struct Stripe<const K: usize>([AtomicU64; K]);
+
+/// `K` counters split in stripes, each thread adding to its own: reads
+/// (a scrape) sum the stripes. For counters every request touches from
+/// every thread (decisions, the gateways' outcomes).
+pub struct Striped<const K: usize>([Stripe<K>; STRIPES]);
+
+impl<const K: usize> Default for Striped<K> {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| {
+            Stripe(std::array::from_fn(|_| AtomicU64::new(0)))
+        }))
+    }
+}
+
+impl<const K: usize> std::fmt::Debug for Striped<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries((0..K).map(|i| self.get(i))).finish()
+    }
+}
+
+impl<const K: usize> Striped<K> {
+    /// Adds one to counter `i` (panics if `i >= K`: a caller's constant).
+    #[inline]
+    pub fn add(&self, i: usize) {
+        self.0[stripe()].0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counter `i`, summed over the stripes.
+    pub fn get(&self, i: usize) -> u64 {
+        self.0.iter().map(|s| s.0[i].load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// The calling thread's stripe, dealt round-robin at its first use.
+fn stripe() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    MINE.with(|m| *m)
+}
 
 fn outcome_ix(o: LimitOutcome) -> usize {
     match o {
@@ -24,11 +74,15 @@ fn outcome_ix(o: LimitOutcome) -> usize {
 
 const OUTCOMES: [&str; 3] = ["allowed", "denied", "shadow_denied"];
 
+/// Names from the config only (never from requests): foldhash's fast
+/// hasher, not SipHash, since two lookups run on every decision recorded.
+type Names<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct Table {
     /// `[side][action]` → allowed / denied / (unused).
-    actions: [HashMap<Box<str>, Arc<Cells>>; 2],
-    limits: HashMap<Box<str>, (Side, Box<str>, Arc<Cells>)>,
+    actions: [Names<Arc<Cells>>; 2],
+    limits: Names<(Side, Box<str>, Arc<Cells>)>,
 }
 
 /// Counters exported on `/metrics`.
@@ -99,11 +153,11 @@ impl Metrics {
     pub fn record(&self, side: Side, action: &str, d: &Decision) {
         let t = self.table.load();
         if let Some(c) = t.actions[side as usize].get(action) {
-            c[usize::from(!d.allowed)].fetch_add(1, Ordering::Relaxed);
+            c.add(usize::from(!d.allowed));
         }
         for l in &d.limits {
             if let Some((_, _, c)) = t.limits.get(l.name) {
-                c[outcome_ix(l.outcome)].fetch_add(1, Ordering::Relaxed);
+                c.add(outcome_ix(l.outcome));
             }
         }
     }
@@ -122,7 +176,7 @@ impl Metrics {
                     let _ = writeln!(
                         out,
                         "sluice_decisions_total{{side=\"{side}\",action=\"{action}\",outcome=\"{o}\"}} {}",
-                        c[i].load(Ordering::Relaxed)
+                        c.get(i)
                     );
                 }
             }
@@ -138,7 +192,7 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "sluice_limit_decisions_total{{side=\"{side}\",action=\"{action}\",limit=\"{name}\",outcome=\"{o}\"}} {}",
-                    c[i].load(Ordering::Relaxed)
+                    c.get(i)
                 );
             }
         }

@@ -34,11 +34,16 @@ struct Counts {
     denials: u64,
 }
 
+/// Targets come from clients: foldhash's keyed quality hasher, seeded per
+/// process, not SipHash (three hashes per request recorded were ~2 % of
+/// the HTTP gateway's CPU); each shard is bounded anyway.
+type Counted = HashMap<Target, Counts, foldhash::quality::RandomState>;
+
 #[derive(Debug, Default)]
 struct Shard {
     started: Nanos,
-    current: HashMap<Target, Counts>,
-    previous: HashMap<Target, Counts>,
+    current: Counted,
+    previous: Counted,
     /// Targets of `current` that held the minimum counts, `floor`, when
     /// last scanned.
     victims: Vec<Target>,
@@ -93,7 +98,7 @@ pub enum TopBy {
 pub struct TopTracker {
     shards: Vec<Mutex<Shard>>,
     window: Nanos,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::quality::RandomState,
 }
 
 impl TopTracker {
@@ -117,7 +122,7 @@ impl TopTracker {
         if now.saturating_sub(s.started) >= self.window {
             let two_windows_ago = now.saturating_sub(s.started) >= 2 * self.window;
             s.previous = if two_windows_ago {
-                HashMap::new()
+                Counted::default()
             } else {
                 std::mem::take(&mut s.current)
             };

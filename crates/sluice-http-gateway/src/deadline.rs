@@ -1,0 +1,112 @@
+//! One timer per connection for the limits a request meets one after the
+//! other: the time to send a request head, then the upstream's time to
+//! answer.
+//!
+//! A `tokio::time::timeout` per wait registers a timer in the runtime's
+//! wheel and removes it again, under the wheel's lock, for every request;
+//! with hyper's own head timer that was about 5 % of the gateway's
+//! user-space CPU per proxied request (`perf`, docs/benchmarks.md, "HTTP
+//! gateway"). This is nginx's approach instead: the timer stays armed, a
+//! wait only notes when it must end, and the timer is moved when it fires
+//! early — at most once per `floor` for a busy connection.
+//!
+//! The invariant that makes this exact: the timer never fires later than
+//! `now + floor` from its last arming, and every wait lasts at least
+//! `floor`, so no wait can end after the timer. When the timer fires
+//! before a wait's end it is re-armed for `min(end, now + floor)`.
+
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+/// The wait ran past its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Elapsed;
+
+/// A connection's timer (see the module's text).
+pub(crate) struct Deadline {
+    /// Made on the first wait: a connection that never waits costs no timer.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// The shortest limit this connection's waits use.
+    floor: Duration,
+}
+
+impl Deadline {
+    /// A timer for waits of at least `floor` (shorter ones still end on
+    /// time, at the cost of moving the timer).
+    pub(crate) fn new(floor: Duration) -> Self {
+        Self { sleep: None, floor }
+    }
+
+    /// Runs `f` for at most `limit`.
+    pub(crate) async fn within<F: Future>(&mut self, limit: Duration, f: F) -> Result<F::Output, Elapsed> {
+        let end = Instant::now() + limit;
+        let floor = self.floor;
+        let sleep = match &mut self.sleep {
+            Some(s) => {
+                if s.deadline() > end {
+                    s.as_mut().reset(end);
+                }
+                s
+            }
+            none => none.insert(Box::pin(tokio::time::sleep_until(
+                end.min(Instant::now() + floor),
+            ))),
+        };
+        let mut f = pin!(f);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = f.as_mut().poll(cx) {
+                return Poll::Ready(Ok(v));
+            }
+            while sleep.as_mut().poll(cx).is_ready() {
+                let now = Instant::now();
+                if now >= end {
+                    return Poll::Ready(Err(Elapsed));
+                }
+                // Early: the timer was armed by an earlier wait.
+                sleep.as_mut().reset(end.min(now + floor));
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_end_on_time_whatever_the_timer_was_armed_for() {
+        let mut d = Deadline::new(Duration::from_secs(30));
+        // A quick wait leaves the timer armed for 30 s from now.
+        assert_eq!(d.within(Duration::from_secs(30), async { 1 }).await, Ok(1));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        // This wait's end (t = 50 s) is after the armed timer (t = 30 s):
+        // the timer fires early and is moved, the wait goes on.
+        let start = Instant::now();
+        let r = d
+            .within(Duration::from_secs(30), std::future::pending::<()>())
+            .await;
+        assert_eq!(r, Err(Elapsed));
+        assert_eq!(Instant::now() - start, Duration::from_secs(30));
+        // A shorter limit than the floor still ends on time.
+        let start = Instant::now();
+        let r = d
+            .within(Duration::from_secs(5), std::future::pending::<()>())
+            .await;
+        assert_eq!(r, Err(Elapsed));
+        assert_eq!(Instant::now() - start, Duration::from_secs(5));
+        // And a finished wait is not cut by an old arming.
+        let r = d
+            .within(Duration::from_secs(30), async {
+                tokio::time::sleep(Duration::from_secs(29)).await;
+                7
+            })
+            .await;
+        assert_eq!(r, Ok(7));
+    }
+}

@@ -1,0 +1,612 @@
+//! The client side of HTTP/1.1 for the common request, as [`crate::h1`] is
+//! the upstream side: a `GET` or `HEAD` with no body, no upgrade and no
+//! `Expect`, sent as HTTP/1.1 in origin form. Everything else — and every
+//! request after it on the same connection — goes to hyper's server,
+//! which is handed the connection with the bytes already read.
+//!
+//! Why not hyper for these too: hyper's dispatcher, its per-request head
+//! timer and the copies of its request and response types were about a
+//! fifth of the gateway's user-space CPU per proxied request in `perf`
+//! (docs/benchmarks.md, "HTTP gateway"); here the connection's task reads
+//! the head, calls the gateway and writes the answer, usually in one
+//! `write`, with the connection's one timer ([`crate::deadline`]).
+//!
+//! What is parsed is what hyper would parse: the head with `httparse`
+//! (hyper's parser), field names and values with the `http` crate's
+//! checks. A head that fails any check, a head over 64 KiB or with more
+//! than 100 fields, goes to hyper unchanged, which answers it as it always
+//! did (400, 431). A request is never read twice: the decision to hand over
+//! is taken before anything of it is used.
+//!
+//! Answers: `Content-Length` when the length is known (the upstream's, or
+//! an exact body size), chunked otherwise; no body for `HEAD`, 204 and 304;
+//! `Date` added when the answer has none; `Connection: close` when the
+//! client asked for it. A body that fails midway closes the connection, as
+//! hyper does: the client sees a short answer, never a wrong one.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use hyper::body::Body as _;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+
+use crate::body::{self, ProxyBody};
+use crate::proxy::ConnCtx;
+use crate::Gateway;
+
+/// Time a client has to send a whole request head, from the end of the
+/// previous answer (an idle kept-alive connection included): hyper's
+/// `header_read_timeout` as the gateway sets it.
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head taken here; larger ones go to hyper.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most fields in a request head taken here (hyper's own limit).
+const MAX_FIELDS: usize = 100;
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 8 * 1024;
+/// Body bytes copied behind the head into one write; more are written
+/// on their own.
+const COALESCE: usize = 16 * 1024;
+
+/// How a connection left the lean path.
+pub(crate) enum Outcome<S> {
+    /// It is over: closed by either side, timed out, failed or shut down.
+    Closed,
+    /// A request this path does not take: hyper serves the connection from
+    /// here, starting with these bytes (that request's head and whatever
+    /// followed it).
+    Handoff(S, Bytes),
+}
+
+/// A request head as parsed: where each part lies in the buffer.
+struct Head {
+    len: usize,
+    method: Method,
+    target: (usize, usize),
+    fields: Vec<(usize, usize, usize, usize)>,
+    /// The client asked to close after this answer.
+    close: bool,
+}
+
+/// Serves requests on `io` until the connection ends or a request needs
+/// hyper. `stopping` turns true at shutdown: the answer in progress is
+/// finished, an idle connection closes.
+pub(crate) async fn serve<S>(gw: &Gateway, mut io: S, ctx: &mut ConnCtx, stopping: &AtomicBool) -> Outcome<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    loop {
+        let head = loop {
+            if !buf.is_empty() {
+                match parse(&buf) {
+                    Parse::Lean(h) => break h,
+                    Parse::Partial if buf.len() <= MAX_HEAD => {}
+                    Parse::Partial | Parse::Other => return Outcome::Handoff(io, buf.freeze()),
+                }
+            }
+            if stopping.load(Ordering::Relaxed) {
+                return Outcome::Closed;
+            }
+            buf.reserve(READ_CHUNK);
+            let read = ctx.deadline.within(
+                HEAD_TIMEOUT,
+                ReadOrStop {
+                    io: &mut io,
+                    buf: &mut buf,
+                    stopping,
+                },
+            );
+            match read.await {
+                Ok(Ok(n)) if n > 0 => {}
+                // Closed, failed, stopped or too slow: nothing to answer
+                // (hyper closes silently too).
+                _ => return Outcome::Closed,
+            }
+        };
+        let Some((parts, close)) = request(&mut buf, head) else {
+            // A field or target the `http` crate refuses: hyper answers it.
+            return Outcome::Handoff(io, buf.freeze());
+        };
+        let head_only = parts.method == Method::HEAD;
+        let resp = gw.handle_parts(parts, body::empty(), None, ctx).await;
+        let keep = !close && !stopping.load(Ordering::Relaxed);
+        match write_response(&mut io, &mut out, resp, head_only, keep).await {
+            Ok(true) if keep => {}
+            _ => {
+                let _ = io.shutdown().await;
+                return Outcome::Closed;
+            }
+        }
+    }
+}
+
+enum Parse {
+    Lean(Head),
+    Partial,
+    /// Not for this path: malformed, or a request hyper must serve.
+    Other,
+}
+
+/// Parses a request head at the start of `buf`.
+fn parse(buf: &[u8]) -> Parse {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parse::Partial,
+        Err(_) => return Parse::Other,
+    };
+    let method = match req.method {
+        Some("GET") => Method::GET,
+        Some("HEAD") => Method::HEAD,
+        _ => return Parse::Other,
+    };
+    let target = req.path.unwrap_or("");
+    if req.version != Some(1) || !target.starts_with('/') {
+        return Parse::Other;
+    }
+    let at = |s: &[u8]| {
+        let start = s.as_ptr() as usize - buf.as_ptr() as usize;
+        (start, start + s.len())
+    };
+    let mut close = false;
+    let mut out = Vec::with_capacity(req.headers.len());
+    for f in req.headers.iter() {
+        let name = f.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"expect")
+            || (name.eq_ignore_ascii_case(b"content-length") && f.value != b"0")
+        {
+            return Parse::Other;
+        }
+        if name.eq_ignore_ascii_case(b"connection") {
+            close |= f
+                .value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+        let (ns, ne) = at(name);
+        let (vs, ve) = at(f.value);
+        out.push((ns, ne, vs, ve));
+    }
+    Parse::Lean(Head {
+        len,
+        method,
+        target: at(target.as_bytes()),
+        fields: out,
+        close,
+    })
+}
+
+/// The request of `head`, taken off the front of `buf`: its target and
+/// field values share the head's bytes. `None` (and `buf` untouched) if
+/// the `http` crate refuses a part of it.
+fn request(buf: &mut BytesMut, head: Head) -> Option<(hyper::http::request::Parts, bool)> {
+    let mut headers = HeaderMap::with_capacity(head.fields.len());
+    for &(ns, ne, _, _) in &head.fields {
+        // Names first: a refusal must leave `buf` whole for hyper.
+        HeaderName::from_bytes(&buf[ns..ne]).ok()?;
+    }
+    let (ts, te) = head.target;
+    Uri::try_from(&buf[ts..te]).ok()?;
+    for &(_, _, vs, ve) in &head.fields {
+        HeaderValue::from_bytes(&buf[vs..ve]).ok()?;
+    }
+    let bytes = buf.split_to(head.len).freeze();
+    for (ns, ne, vs, ve) in head.fields {
+        let name = HeaderName::from_bytes(&bytes[ns..ne]).ok()?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(vs..ve)).ok()?;
+        headers.append(name, value);
+    }
+    let uri = Uri::from_maybe_shared(bytes.slice(ts..te)).ok()?;
+    let mut req = Request::new(());
+    *req.method_mut() = head.method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Some((req.into_parts().0, head.close))
+}
+
+/// Reads into `buf`, or ends with 0 bytes when `stopping` turns true (the
+/// connection's task is woken for it: see `worker::Stop`).
+struct ReadOrStop<'a, S> {
+    io: &'a mut S,
+    buf: &'a mut BytesMut,
+    stopping: &'a AtomicBool,
+}
+
+impl<S: AsyncRead + Unpin> std::future::Future for ReadOrStop<'_, S> {
+    type Output = std::io::Result<usize>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(0));
+        }
+        let this = &mut *self;
+        let mut read = std::pin::pin!(this.io.read_buf(this.buf));
+        read.as_mut().poll(cx)
+    }
+}
+
+/// How the answer's body is delimited towards the client.
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes `resp`; `Ok(true)` if the connection can carry another request.
+async fn write_response<S>(
+    io: &mut S,
+    out: &mut Vec<u8>,
+    resp: Response<ProxyBody>,
+    head_only: bool,
+    keep: bool,
+) -> std::io::Result<bool>
+where
+    S: AsyncWrite + Unpin,
+{
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status.as_u16()).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let bodiless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let framing = if bodiless || head_only {
+        Framing::None
+    } else if let Some(n) = declared {
+        Framing::Length(n)
+    } else if let Some(n) = body.size_hint().exact() {
+        Framing::Length(n)
+    } else {
+        Framing::Chunked
+    };
+    for (name, value) in &parts.headers {
+        // Framing is this hop's: the gateway writes its own.
+        if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+            continue;
+        }
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    match framing {
+        Framing::Length(n) if declared.is_none() => {
+            field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+        }
+        Framing::None if head_only && declared.is_none() && !bodiless => {
+            if let Some(n) = body.size_hint().exact() {
+                field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+            }
+        }
+        Framing::Chunked => field(out, b"transfer-encoding", b"chunked"),
+        _ => {}
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        date(out);
+    }
+    if !keep {
+        field(out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    let mut left = match framing {
+        Framing::None => {
+            // The body is dropped unread: its guards go, and an upstream
+            // connection it had not finished is not reused.
+            io.write_all(out).await?;
+            io.flush().await?;
+            return Ok(true);
+        }
+        Framing::Length(n) => Some(n),
+        Framing::Chunked => None,
+    };
+    let mut complete = true;
+    loop {
+        if left == Some(0) {
+            break;
+        }
+        // What is ready now joins the head; before waiting for more, what
+        // is pending goes out (a long poll's head must not wait for its
+        // body).
+        let frame = match std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Pending => Poll::Ready(None),
+            Poll::Ready(f) => Poll::Ready(Some(f)),
+        })
+        .await
+        {
+            Some(f) => f,
+            None => {
+                if !out.is_empty() {
+                    io.write_all(out).await?;
+                    io.flush().await?;
+                    out.clear();
+                }
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(_)) => {
+                complete = false;
+                break;
+            }
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => d,
+                // Trailers: HTTP/1.1 clients get none (as from hyper).
+                Err(_) => continue,
+            },
+        };
+        let mut data: Bytes = data;
+        if let Some(n) = &mut left {
+            // Never more than announced.
+            if data.len() as u64 > *n {
+                data.truncate(usize::try_from(*n).unwrap_or(usize::MAX));
+            }
+            *n -= data.len() as u64;
+        } else if !data.is_empty() {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        if out.len() + data.len() <= COALESCE {
+            out.extend_from_slice(&data);
+        } else {
+            io.write_all(out).await?;
+            out.clear();
+            io.write_all(&data).await?;
+        }
+        if left.is_none() && !data.is_empty() {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if left.is_none() && complete {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    if !out.is_empty() {
+        io.write_all(out).await?;
+    }
+    io.flush().await?;
+    out.clear();
+    // Short of its length or cut: the client must see the connection end.
+    Ok(complete && left.is_none_or(|n| n == 0))
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a `Date` field: formatted once a second per thread.
+fn date(out: &mut Vec<u8>) {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            *c = (secs, httpdate::fmt_http_date(now));
+        }
+        field(out, b"date", c.1.as_bytes());
+    });
+}
+
+/// A connection with bytes already read in front: what hyper reads first.
+/// (hyper has the same type inside; it is not public.)
+pub(crate) struct Rewind<S> {
+    prefix: Bytes,
+    io: S,
+}
+
+impl<S> Rewind<S> {
+    pub(crate) fn new(io: S, prefix: Bytes) -> Self {
+        Self { prefix, io }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lean(raw: &str) -> Option<Head> {
+        match parse(raw.as_bytes()) {
+            Parse::Lean(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn only_plain_bodiless_gets_and_heads_are_taken() {
+        assert!(lean("GET /a HTTP/1.1\r\nHost: x\r\n\r\n").is_some());
+        assert!(lean("HEAD /a?b=c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").is_some());
+        for other in [
+            "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
+            "GET /a HTTP/1.0\r\n\r\n",
+            "GET http://x/a HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET * HTTP/1.1\r\n\r\n",
+            "GET /a HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+            "GET /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "GET /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            "GET /a HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            "GARBAGE\r\n\r\n",
+        ] {
+            assert!(lean(other).is_none(), "{other:?}");
+        }
+        assert!(matches!(parse(b"GET /a HTTP/1.1\r\nHost:"), Parse::Partial));
+    }
+
+    #[test]
+    fn requests_share_the_heads_bytes_and_leave_what_follows() {
+        let raw = "GET /x?y=1 HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Close\r\nX-A: 1\r\nX-A: 2\r\n\r\nGET /next";
+        let mut buf = BytesMut::from(raw);
+        let head = lean(raw).unwrap();
+        let (parts, close) = request(&mut buf, head).unwrap();
+        assert!(close);
+        assert_eq!(parts.uri, "/x?y=1");
+        assert_eq!(parts.headers["host"], "h");
+        assert_eq!(parts.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(&buf[..], b"GET /next");
+    }
+
+    #[test]
+    fn a_value_the_http_crate_refuses_leaves_the_buffer_whole() {
+        let raw = "GET /x HTTP/1.1\r\nX-A: a\x7fb\r\n\r\n";
+        let mut buf = BytesMut::from(raw);
+        if let Some(head) = lean(raw) {
+            assert!(request(&mut buf, head).is_none());
+        }
+        assert_eq!(&buf[..], raw.as_bytes());
+    }
+
+    async fn written(resp: Response<ProxyBody>, head_only: bool, keep: bool) -> (String, bool) {
+        let mut io = Vec::new();
+        let mut out = Vec::new();
+        let again = write_response(&mut io, &mut out, resp, head_only, keep)
+            .await
+            .unwrap();
+        (String::from_utf8(io).unwrap(), again)
+    }
+
+    /// A body of frames given up front, of unknown size.
+    struct Frames(std::collections::VecDeque<Result<hyper::body::Frame<Bytes>, body::BoxError>>);
+
+    impl hyper::body::Body for Frames {
+        type Data = Bytes;
+        type Error = body::BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, body::BoxError>>> {
+            Poll::Ready(self.0.pop_front())
+        }
+    }
+
+    fn frames(parts: Vec<Result<&'static str, &'static str>>) -> ProxyBody {
+        let f = parts
+            .into_iter()
+            .map(|p| match p {
+                Ok(d) => Ok(hyper::body::Frame::data(Bytes::from_static(d.as_bytes()))),
+                Err(e) => Err(body::BoxError::new(std::io::Error::other(e))),
+            })
+            .collect();
+        http_body_util::BodyExt::boxed(Frames(f))
+    }
+
+    #[tokio::test]
+    async fn answers_are_framed_for_this_hop() {
+        // Exact size: a length; a Date is added.
+        let (s, again) = written(Response::new(body::full("hello")), false, true).await;
+        assert!(s.starts_with("HTTP/1.1 200 OK\r\n"), "{s}");
+        assert!(s.contains("content-length: 5\r\n") && s.contains("date: "), "{s}");
+        assert!(s.ends_with("\r\n\r\nhello") && again, "{s}");
+        // Unknown size: chunked.
+        let (s, again) = written(
+            Response::new(frames(vec![Ok("ab"), Ok(""), Ok("cde")])),
+            false,
+            true,
+        )
+        .await;
+        assert!(s.contains("transfer-encoding: chunked\r\n"), "{s}");
+        assert!(
+            s.ends_with("\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n") && again,
+            "{s}"
+        );
+        // HEAD: the length, no body; closing: said so.
+        let (s, again) = written(Response::new(body::full("hello")), true, false).await;
+        assert!(
+            s.contains("content-length: 5\r\n") && s.contains("connection: close\r\n"),
+            "{s}"
+        );
+        assert!(s.ends_with("\r\n\r\n") && again, "{s}");
+        // A declared length is kept, and a hop's own fields are not passed on.
+        let mut resp = Response::new(body::full("0123456789"));
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(4));
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("x-y"));
+        *resp.status_mut() = StatusCode::NOT_FOUND;
+        let (s, _) = written(resp, false, true).await;
+        assert!(
+            s.starts_with("HTTP/1.1 404 Not Found\r\n") && !s.contains("x-y"),
+            "{s}"
+        );
+        assert!(s.ends_with("\r\n\r\n0123"), "never more than announced: {s}");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_fails_closes_the_connection() {
+        let (s, again) = written(Response::new(frames(vec![Ok("ab"), Err("cut")])), false, true).await;
+        assert!(!again, "{s}");
+        assert!(!s.ends_with("0\r\n\r\n"), "no end of chunks after a failure: {s}");
+        // Short of its declared length: closed too.
+        let mut resp = Response::new(frames(vec![Ok("ab")]));
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(4));
+        let (_, again) = written(resp, false, true).await;
+        assert!(!again);
+    }
+}
