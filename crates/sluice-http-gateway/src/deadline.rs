@@ -10,9 +10,10 @@
 //! wait only notes when it must end, and the timer is moved when it fires
 //! early — at most once per `floor` for a busy connection.
 //!
-//! The invariant that makes this exact: the timer never fires later than
-//! `now + floor` from its last arming, and every wait lasts at least
-//! `floor`, so no wait can end after the timer. When the timer fires
+//! Every wait ends on time: a wait whose end comes before the armed timer
+//! moves it (as a `timeout` would). What keeps that rare is the floor: the
+//! timer is never armed later than `now + floor`, so a wait of at least
+//! `floor` that starts afterwards ends after it. When the timer fires
 //! before a wait's end it is re-armed for `min(end, now + floor)`.
 
 use std::future::Future;
@@ -43,10 +44,16 @@ impl Deadline {
 
     /// Runs `f` for at most `limit`.
     pub(crate) async fn within<F: Future>(&mut self, limit: Duration, f: F) -> Result<F::Output, Elapsed> {
-        let end = Instant::now() + limit;
+        self.until(Instant::now() + limit, f).await
+    }
+
+    /// Runs `f` until `end` at the latest.
+    pub(crate) async fn until<F: Future>(&mut self, end: Instant, f: F) -> Result<F::Output, Elapsed> {
         let floor = self.floor;
         let sleep = match &mut self.sleep {
             Some(s) => {
+                // Only a wait shorter than the floor (or one that began
+                // before the timer's last arming) ends before it.
                 if s.deadline() > end {
                     s.as_mut().reset(end);
                 }

@@ -18,12 +18,19 @@
 //! did (400, 431). A request is never read twice: the decision to hand over
 //! is taken before anything of it is used.
 //!
+//! As with hyper, the whole head must arrive within 30 s of the previous
+//! answer. Unlike hyper, only a long poll's client is watched while the
+//! request is handled: a client that closes its connection then drops its
+//! request (and its long-poll slot and upstream exchange); any other
+//! request runs to its answer, which `upstream_timeout` bounds.
+//!
 //! Answers: `Content-Length` when the length is known (the upstream's, or
 //! an exact body size), chunked otherwise; no body for `HEAD`, 204 and 304;
 //! `Date` added when the answer has none; `Connection: close` when the
 //! client asked for it. A body that fails midway closes the connection, as
 //! hyper does: the client sees a short answer, never a wrong one.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
@@ -83,20 +90,26 @@ where
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     loop {
+        // The whole head within HEAD_TIMEOUT of the previous answer (a
+        // client trickling bytes does not move it), as hyper's
+        // `header_read_timeout`.
+        let end = tokio::time::Instant::now() + HEAD_TIMEOUT;
         let head = loop {
             if !buf.is_empty() {
                 match parse(&buf) {
-                    Parse::Lean(h) => break h,
+                    Parse::Lean(h) if h.len <= MAX_HEAD => break h,
                     Parse::Partial if buf.len() <= MAX_HEAD => {}
-                    Parse::Partial | Parse::Other => return Outcome::Handoff(io, buf.freeze()),
+                    Parse::Lean(_) | Parse::Partial | Parse::Other => {
+                        return Outcome::Handoff(io, buf.freeze())
+                    }
                 }
             }
             if stopping.load(Ordering::Relaxed) {
                 return Outcome::Closed;
             }
             buf.reserve(READ_CHUNK);
-            let read = ctx.deadline.within(
-                HEAD_TIMEOUT,
+            let read = ctx.deadline.until(
+                end,
                 ReadOrStop {
                     io: &mut io,
                     buf: &mut buf,
@@ -115,7 +128,23 @@ where
             return Outcome::Handoff(io, buf.freeze());
         };
         let head_only = parts.method == Method::HEAD;
-        let resp = gw.handle_parts(parts, body::empty(), None, ctx).await;
+        let route = gw.route(&parts, false);
+        let long_poll = route.long_poll;
+        let handling = gw.handle_parts(parts, route, body::empty(), None, ctx);
+        let resp = if long_poll {
+            // A long poll held open for a client that has gone would keep
+            // its slot and its upstream exchange: the client's side is
+            // watched, and a close drops the request with all it holds.
+            // Other requests are answered soon anyway (`upstream_timeout`
+            // bounds them), and the watch costs a readiness registration
+            // per request.
+            match unless_gone(&mut io, &mut buf, handling).await {
+                Some(resp) => resp,
+                None => return Outcome::Closed,
+            }
+        } else {
+            handling.await
+        };
         let keep = !close && !stopping.load(Ordering::Relaxed);
         match write_response(&mut io, &mut out, resp, head_only, keep).await {
             Ok(true) if keep => {}
@@ -125,6 +154,37 @@ where
             }
         }
     }
+}
+
+/// Runs `handling` while watching the client's side of the connection:
+/// `None` if the client closes it (or it fails) first. Bytes a client sends
+/// meanwhile (its next requests) are kept in `buf`, up to `MAX_HEAD`; past
+/// that the socket is left unread until the answer is out.
+///
+/// Free in the common case: tokio clears a socket's readiness after a short
+/// read, so the watch is no system call until the client sends or closes.
+async fn unless_gone<S, F>(io: &mut S, buf: &mut BytesMut, handling: F) -> Option<F::Output>
+where
+    S: AsyncRead + Unpin,
+    F: std::future::Future,
+{
+    let mut handling = std::pin::pin!(handling);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = handling.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        while buf.len() <= MAX_HEAD {
+            buf.reserve(READ_CHUNK);
+            let mut read = std::pin::pin!(io.read_buf(buf));
+            match read.as_mut().poll(cx) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => break,
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 enum Parse {
@@ -187,32 +247,48 @@ fn parse(buf: &[u8]) -> Parse {
 }
 
 /// The request of `head`, taken off the front of `buf`: its target and
-/// field values share the head's bytes. `None` (and `buf` untouched) if
+/// field values share the head's bytes. `None` (and `buf` as it was) if
 /// the `http` crate refuses a part of it.
 fn request(buf: &mut BytesMut, head: Head) -> Option<(hyper::http::request::Parts, bool)> {
-    let mut headers = HeaderMap::with_capacity(head.fields.len());
-    for &(ns, ne, _, _) in &head.fields {
-        // Names first: a refusal must leave `buf` whole for hyper.
-        HeaderName::from_bytes(&buf[ns..ne]).ok()?;
-    }
-    let (ts, te) = head.target;
-    Uri::try_from(&buf[ts..te]).ok()?;
-    for &(_, _, vs, ve) in &head.fields {
-        HeaderValue::from_bytes(&buf[vs..ve]).ok()?;
-    }
     let bytes = buf.split_to(head.len).freeze();
-    for (ns, ne, vs, ve) in head.fields {
+    match build(&bytes, &head) {
+        Some(parts) => Some((parts, head.close)),
+        None => {
+            // Refused (rare: a malformed request): the bytes go back whole
+            // for hyper, which answers it.
+            let mut whole = BytesMut::with_capacity(bytes.len() + buf.len());
+            whole.extend_from_slice(&bytes);
+            whole.extend_from_slice(buf);
+            *buf = whole;
+            None
+        }
+    }
+}
+
+/// Fields the gateway adds to a request on its way upstream (the four
+/// forwarding fields, `Host` when missing), reserved up front: a full map
+/// would grow, rehashing every field, on the first insert.
+const ADDED_FIELDS: usize = 6;
+
+fn build(bytes: &Bytes, head: &Head) -> Option<hyper::http::request::Parts> {
+    let mut headers = HeaderMap::with_capacity(head.fields.len() + ADDED_FIELDS);
+    for &(ns, ne, vs, ve) in &head.fields {
         let name = HeaderName::from_bytes(&bytes[ns..ne]).ok()?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(vs..ve)).ok()?;
-        headers.append(name, value);
+        // The body is empty: no length goes on (hyper would keep one of
+        // several `Content-Length: 0`; none is as good for a GET).
+        if name != header::CONTENT_LENGTH {
+            headers.append(name, value);
+        }
     }
+    let (ts, te) = head.target;
     let uri = Uri::from_maybe_shared(bytes.slice(ts..te)).ok()?;
     let mut req = Request::new(());
-    *req.method_mut() = head.method;
+    *req.method_mut() = head.method.clone();
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
-    Some((req.into_parts().0, head.close))
+    Some(req.into_parts().0)
 }
 
 /// Reads into `buf`, or ends with 0 bytes when `stopping` turns true (the
@@ -278,8 +354,12 @@ where
         Framing::Chunked
     };
     for (name, value) in &parts.headers {
-        // Framing is this hop's: the gateway writes its own.
-        if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+        // Framing is this hop's: the gateway writes its own. A 204 has no
+        // length at all (RFC 9110 §8.6).
+        if name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+            || (status == StatusCode::NO_CONTENT && name == header::CONTENT_LENGTH)
+        {
             continue;
         }
         field(out, name.as_str().as_bytes(), value.as_bytes());
@@ -289,7 +369,10 @@ where
             field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
         }
         Framing::None if head_only && declared.is_none() && !bodiless => {
-            if let Some(n) = body.size_hint().exact() {
+            // The gateway's own answers (a 429) say their length; an
+            // upstream's HEAD answer without one (its GET would be chunked)
+            // must not turn into "empty".
+            if let Some(n) = body.size_hint().exact().filter(|&n| n > 0) {
                 field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
             }
         }
@@ -431,6 +514,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Let the read buffer go: the connection may live for hours.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
@@ -510,6 +597,11 @@ mod tests {
         assert_eq!(parts.headers["host"], "h");
         assert_eq!(parts.headers.get_all("x-a").iter().count(), 2);
         assert_eq!(&buf[..], b"GET /next");
+        // Lengths of an empty body go no further (two would reach the
+        // upstream as two).
+        let raw = "GET /x HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
+        let (parts, _) = request(&mut BytesMut::from(raw), lean(raw).unwrap()).unwrap();
+        assert!(!parts.headers.contains_key(header::CONTENT_LENGTH));
     }
 
     #[test]
@@ -520,6 +612,43 @@ mod tests {
             assert!(request(&mut buf, head).is_none());
         }
         assert_eq!(&buf[..], raw.as_bytes());
+    }
+
+    /// A client trickling its head a byte at a time does not move the
+    /// head timeout: the connection closes 30 s after it opened.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_head_is_cut_when_its_time_is_up() {
+        use tokio::io::AsyncWriteExt as _;
+        let state = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[server]\nstate_dir = \"{}\"\n[[gateway.http]]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:9\"\nprotocol = \"matrix\"\n",
+            state.path().display()
+        );
+        let config = sluice_config::parse(&text, "t.toml").unwrap();
+        let app = sluice_server::App::new(config.clone()).unwrap();
+        let gw = Gateway::new(app, config.gateway.http[0].clone()).unwrap();
+        let (mut client, server) = tokio::io::duplex(4096);
+        let stopping = AtomicBool::new(false);
+        let mut ctx = ConnCtx::new(&gw, "192.0.2.1:5000".parse().unwrap(), None);
+        let start = tokio::time::Instant::now();
+        let serving = serve(&gw, server, &mut ctx, &stopping);
+        let trickle = async {
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: ")
+                .await
+                .unwrap();
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if client.write_all(b"a").await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            out = serving => assert!(matches!(out, Outcome::Closed)),
+            () = trickle => panic!("the gateway closed nothing"),
+        }
+        assert_eq!(tokio::time::Instant::now() - start, HEAD_TIMEOUT);
     }
 
     async fn written(resp: Response<ProxyBody>, head_only: bool, keep: bool) -> (String, bool) {
@@ -595,6 +724,16 @@ mod tests {
             "{s}"
         );
         assert!(s.ends_with("\r\n\r\n0123"), "never more than announced: {s}");
+        // An upstream's HEAD answer without a length is not made "empty";
+        // a 204 has no length.
+        let (s, _) = written(Response::new(body::empty()), true, true).await;
+        assert!(!s.contains("content-length"), "{s}");
+        let mut resp = Response::new(body::empty());
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        let (s, _) = written(resp, false, true).await;
+        assert!(!s.contains("content-length") && s.ends_with("\r\n\r\n"), "{s}");
     }
 
     #[tokio::test]

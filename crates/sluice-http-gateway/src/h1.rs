@@ -186,9 +186,9 @@ where
                     conn.buf.advance(n);
                     continue;
                 }
-                Some(Parsed::Final(n, status, headers, http11)) => {
+                Some(Parsed::Final(n, status, headers, said)) => {
                     conn.buf.advance(n);
-                    return respond(conn, status, headers, http11, head_only, pool)
+                    return respond(conn, status, headers, said, head_only, pool)
                         .map_err(ExchangeError::Failed);
                 }
                 None if conn.buf.len() > MAX_HEAD => {
@@ -220,8 +220,9 @@ where
 enum Parsed {
     /// A 1xx answer of this many bytes, to skip.
     Interim(usize),
-    /// The final answer: head length, status, fields, whether HTTP/1.1.
-    Final(usize, StatusCode, HeaderMap, bool),
+    /// The final answer: head length, status, fields, and what the head
+    /// said of its connection.
+    Final(usize, StatusCode, HeaderMap, Head),
 }
 
 /// Parses a response head from `buf`: `None` if incomplete.
@@ -242,14 +243,55 @@ fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, BoxError> {
         return Ok(Some(Parsed::Interim(n)));
     }
     let status = StatusCode::from_u16(code).map_err(|_| invalid("invalid upstream status"))?;
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    // Room for what the gateway adds (the RateLimit fields): a full map
+    // would grow, rehashing every field, on the first insert.
+    let mut headers = HeaderMap::with_capacity(resp.headers.len() + ADDED_FIELDS);
+    let mut close = false;
     for f in resp.headers.iter() {
-        let name =
-            HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| invalid("invalid upstream header name"))?;
+        let name = f.name.as_bytes();
+        // This hop's own fields, in their usual form, are read here and
+        // not passed on: `Connection: keep-alive` or `close` (anything
+        // else it names is left for `strip_hop_by_hop`) and `Keep-Alive`.
+        if name.eq_ignore_ascii_case(b"connection") {
+            let mut other = false;
+            for t in f.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !t.eq_ignore_ascii_case(b"keep-alive") && !t.is_empty() {
+                    other = true;
+                }
+            }
+            if !other {
+                continue;
+            }
+        } else if name.eq_ignore_ascii_case(b"keep-alive") {
+            continue;
+        }
+        let name = HeaderName::from_bytes(name).map_err(|_| invalid("invalid upstream header name"))?;
         let value = HeaderValue::from_bytes(f.value).map_err(|_| invalid("invalid upstream header value"))?;
         headers.append(name, value);
     }
-    Ok(Some(Parsed::Final(n, status, headers, resp.version == Some(1))))
+    Ok(Some(Parsed::Final(
+        n,
+        status,
+        headers,
+        Head {
+            http11: resp.version == Some(1),
+            close,
+        },
+    )))
+}
+
+/// Fields the gateway may add to an answer (`RateLimit`, `RateLimit-Policy`,
+/// `Retry-After` and a few more), reserved up front.
+const ADDED_FIELDS: usize = 6;
+
+/// What the response head said of its connection.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    http11: bool,
+    /// `Connection: close`.
+    close: bool,
 }
 
 /// Whether a comma-separated field (all its lines) holds `token`.
@@ -266,7 +308,7 @@ fn respond<T>(
     conn: Conn<T>,
     status: StatusCode,
     mut headers: HeaderMap,
-    http11: bool,
+    said: Head,
     head_only: bool,
     pool: Option<Pool<T>>,
 ) -> Result<Response<LeanBody<T>>, BoxError> {
@@ -331,7 +373,7 @@ fn respond<T>(
             None => Framing::Eof,
         }
     };
-    let keep_alive = http11 && framing != Framing::Eof && !has_token(&headers, &header::CONNECTION, "close");
+    let keep_alive = said.http11 && framing != Framing::Eof && !said.close;
     let mut body = LeanBody {
         conn: Some(conn),
         framing,

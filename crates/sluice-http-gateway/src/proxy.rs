@@ -137,7 +137,16 @@ impl ConnCtx {
         Self {
             peer,
             slot,
-            deadline: Deadline::new(gw.shared.cfg.upstream_timeout.min(crate::front::HEAD_TIMEOUT)),
+            // The shortest wait, but no less than 5 s: a tiny
+            // `upstream_timeout` would otherwise wake every idle connection
+            // that often (shorter waits move the timer instead).
+            deadline: Deadline::new(
+                gw.shared
+                    .cfg
+                    .upstream_timeout
+                    .min(crate::front::HEAD_TIMEOUT)
+                    .max(Duration::from_secs(5)),
+            ),
             forwarding: None,
         }
     }
@@ -207,6 +216,7 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 const HOP_BY_HOP: [HeaderName; 9] = [
+    // `Connection` first: `strip_hop_by_hop` reads its index.
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -224,18 +234,31 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 const END_TO_END: [HeaderName; 3] = [header::HOST, header::AUTHORIZATION, header::CONTENT_LENGTH];
 
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    // Usually there are none: one pass over the (few) fields instead of a
-    // hashed removal per hop-by-hop name.
-    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // Usually there are none: one pass over the (few) fields, noting which
+    // hop-by-hop names are there, instead of a hashed removal per name.
+    let mut present = [false; 9];
+    for k in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
-    if h.contains_key(header::CONNECTION) {
+    if present[0] {
+        // `Connection` (HOP_BY_HOP[0]) may name more fields to remove. Its
+        // usual tokens name none: `close`, `keep-alive` (a field removed
+        // anyway), `upgrade`.
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| {
+                !t.is_empty() && !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive")
+            })
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
         for n in named {
             let kept = END_TO_END.contains(&n) || (keep_upgrade && n == header::UPGRADE);
@@ -244,8 +267,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
-    for n in &HOP_BY_HOP {
-        if keep_upgrade && (n == header::CONNECTION || n == header::UPGRADE) {
+    for (n, there) in HOP_BY_HOP.iter().zip(present) {
+        if !there || (keep_upgrade && (n == header::CONNECTION || n == header::UPGRADE)) {
             continue;
         }
         h.remove(n);
@@ -393,15 +416,28 @@ impl Gateway {
         } else {
             incoming.map_err(body::BoxError::new).boxed()
         };
-        self.handle_parts(parts, body, client_upgrade, ctx).await
+        let route = self.route(&parts, client_upgrade.is_some());
+        self.handle_parts(parts, route, body, client_upgrade, ctx).await
     }
 
-    /// Handles one request on the connection `ctx` describes. An upgraded
-    /// connection outlives the HTTP connection it came from, so it holds
-    /// the connection's lease (`ctx.slot`) too.
+    /// Which actions a request is ([`crate::route`]).
+    pub(crate) fn route(&self, parts: &hyper::http::request::Parts, upgrade: bool) -> Route {
+        route::classify(
+            self.protocol(),
+            &self.shared.cfg.rules,
+            &parts.method,
+            parts.uri.path(),
+            upgrade,
+        )
+    }
+
+    /// Handles one request, of `route`, on the connection `ctx` describes.
+    /// An upgraded connection outlives the HTTP connection it came from, so
+    /// it holds the connection's lease (`ctx.slot`) too.
     pub(crate) async fn handle_parts(
         &self,
         mut parts: hyper::http::request::Parts,
+        route: Route,
         client_body: ProxyBody,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         ctx: &mut ConnCtx,
@@ -415,14 +451,8 @@ impl Gateway {
             )
         });
         let upgrade = client_upgrade.is_some();
-        let path = parts.uri.path().to_owned();
-        let route = route::classify(
-            self.protocol(),
-            &self.shared.cfg.rules,
-            &parts.method,
-            &path,
-            upgrade,
-        );
+        // Decided now: the path goes upstream with the request.
+        let proves = proves_credential(self.protocol(), parts.uri.path());
         if parts
             .headers
             .get_all(header::AUTHORIZATION)
@@ -681,7 +711,7 @@ impl Gateway {
         } else if let Some(key) = who.pending {
             // Only a success from an endpoint that checks the credential
             // proves it: a 404, a 400 or a public page proves nothing.
-            if status.is_success() && proves_credential(self.protocol(), &path) {
+            if status.is_success() && proves {
                 self.shared.verified.insert(key, ());
             }
         }
@@ -750,7 +780,9 @@ impl Gateway {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::from(pq);
-        let (resp, lent) = self.upstream.send(req).await?;
+        // Boxed: hyper's client path (bodies, upgrades) has a large future;
+        // inline, the lean path's requests would carry and copy its space.
+        let (resp, lent) = Box::pin(self.upstream.send(req)).await?;
         Ok((resp.map(|b| b.map_err(body::BoxError::new).boxed()), Some(lent)))
     }
 
@@ -942,7 +974,8 @@ impl Gateway {
         if self.engine().check(&lookup).is_ok_and(|d| !d.allowed) {
             return pseudonym();
         }
-        match self.whoami(token).await {
+        // Boxed: a lookup is rare (once per token) and its future large.
+        match Box::pin(self.whoami(token)).await {
             Ok(user) => {
                 self.shared.whoami.insert(hash, user.clone());
                 user

@@ -282,7 +282,10 @@ impl Upstream {
             };
             let (conn, reused) = match kept {
                 Some(c) => (c, true),
-                None => (h1::Conn::new(self.dial().await?), false),
+                // Boxed: dialing (a TLS handshake) is rare and its future
+                // large; inline, every request's future would carry (and
+                // copy) its space.
+                None => (h1::Conn::new(Box::pin(self.dial()).await?), false),
             };
             match h1::exchange(conn, &head, head_only, Some(self.lean.clone())).await {
                 Ok(resp) => return Ok(resp.map(|b| b.boxed())),

@@ -1503,3 +1503,43 @@ async fn shutdown_closes_idle_connections() {
         assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
     }
 }
+
+/// A client that closes its connection while its long poll is held drops
+/// the request: its long-poll slot is free for the reconnecting client.
+#[tokio::test]
+async fn a_client_that_leaves_frees_its_long_poll() {
+    use tokio::io::AsyncWriteExt as _;
+    let h = start("matrix", TRUSTING, "long_polls_per_account = 1\n").await;
+    let h = std::sync::Arc::new(h);
+    assert_eq!(
+        h.get("/_matrix/client/v3/capabilities", &[ALICE]).await.status,
+        200
+    );
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(
+        b"GET /_matrix/client/v3/sync HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer good-alice\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    h.wait_held(1).await;
+    drop(s);
+    // The gateway sees the close on its own time: the next sync is refused
+    // until it has (bounded), then held by the upstream.
+    let mut tries = 0;
+    let again = loop {
+        let h2 = h.clone();
+        let mut t = tokio::spawn(async move { h2.get("/_matrix/client/v3/sync", &[ALICE]).await.status });
+        tokio::select! {
+            () = h.wait_held(2) => break t,
+            status = &mut t => {
+                let status = status.unwrap();
+                assert_eq!(status, 429);
+                tries += 1;
+                assert!(tries < 500, "the slot of a closed connection was never freed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    h.seen.release.add_permits(2);
+    assert_eq!(again.await.unwrap(), 200);
+}
