@@ -17,8 +17,8 @@
 //! before a wait's end it is re-armed for `min(end, now + floor)`.
 
 use std::future::Future;
-use std::pin::{pin, Pin};
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
@@ -43,12 +43,16 @@ impl Deadline {
     }
 
     /// Runs `f` for at most `limit`.
-    pub(crate) async fn within<F: Future>(&mut self, limit: Duration, f: F) -> Result<F::Output, Elapsed> {
-        self.until(Instant::now() + limit, f).await
+    pub(crate) fn within<F: Future>(&mut self, limit: Duration, f: F) -> Until<'_, F> {
+        self.until(Instant::now() + limit, f)
     }
 
     /// Runs `f` until `end` at the latest.
-    pub(crate) async fn until<F: Future>(&mut self, end: Instant, f: F) -> Result<F::Output, Elapsed> {
+    ///
+    /// A future of its own, not an `async fn`: `f` (an upstream exchange,
+    /// a kilobyte) is then stored once instead of copied into each state
+    /// of a generated one.
+    pub(crate) fn until<F: Future>(&mut self, end: Instant, f: F) -> Until<'_, F> {
         let floor = self.floor;
         let sleep = match &mut self.sleep {
             Some(s) => {
@@ -63,22 +67,38 @@ impl Deadline {
                 end.min(Instant::now() + floor),
             ))),
         };
-        let mut f = pin!(f);
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(v) = f.as_mut().poll(cx) {
-                return Poll::Ready(Ok(v));
+        Until { f, sleep, end, floor }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `f` under a connection's timer: see [`Deadline::until`].
+    pub(crate) struct Until<'a, F> {
+        #[pin]
+        f: F,
+        sleep: &'a mut Pin<Box<Sleep>>,
+        end: Instant,
+        floor: Duration,
+    }
+}
+
+impl<F: Future> Future for Until<'_, F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.f.poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        while this.sleep.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if now >= *this.end {
+                return Poll::Ready(Err(Elapsed));
             }
-            while sleep.as_mut().poll(cx).is_ready() {
-                let now = Instant::now();
-                if now >= end {
-                    return Poll::Ready(Err(Elapsed));
-                }
-                // Early: the timer was armed by an earlier wait.
-                sleep.as_mut().reset(end.min(now + floor));
-            }
-            Poll::Pending
-        })
-        .await
+            // Early: the timer was armed by an earlier wait.
+            this.sleep.as_mut().reset((*this.end).min(now + *this.floor));
+        }
+        Poll::Pending
     }
 }
 

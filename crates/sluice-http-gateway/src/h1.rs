@@ -180,14 +180,13 @@ where
     let mut received = false;
     loop {
         if !conn.buf.is_empty() {
-            match parse_head(&conn.buf).map_err(ExchangeError::Failed)? {
+            match parse_head(&mut conn.buf).map_err(ExchangeError::Failed)? {
                 Some(Parsed::Interim(n)) => {
                     // 100 Continue, 103 Early Hints: not forwarded.
                     conn.buf.advance(n);
                     continue;
                 }
-                Some(Parsed::Final(n, status, headers, said)) => {
-                    conn.buf.advance(n);
+                Some(Parsed::Final(status, headers, said)) => {
                     return respond(conn, status, headers, said, head_only, pool)
                         .map_err(ExchangeError::Failed);
                 }
@@ -220,13 +219,15 @@ where
 enum Parsed {
     /// A 1xx answer of this many bytes, to skip.
     Interim(usize),
-    /// The final answer: head length, status, fields, and what the head
-    /// said of its connection.
-    Final(usize, StatusCode, HeaderMap, Head),
+    /// The final answer (taken off the buffer): status, fields, and what
+    /// the head said of its connection.
+    Final(StatusCode, HeaderMap, Head),
 }
 
-/// Parses a response head from `buf`: `None` if incomplete.
-fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, BoxError> {
+/// Parses a response head at the start of `buf`: `None` if incomplete. A
+/// final answer's head is taken off `buf`, its field values sharing its
+/// bytes (no copy, no allocation per field).
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, BoxError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
     let n = match resp.parse(buf) {
@@ -243,10 +244,10 @@ fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, BoxError> {
         return Ok(Some(Parsed::Interim(n)));
     }
     let status = StatusCode::from_u16(code).map_err(|_| invalid("invalid upstream status"))?;
-    // Room for what the gateway adds (the RateLimit fields): a full map
-    // would grow, rehashing every field, on the first insert.
-    let mut headers = HeaderMap::with_capacity(resp.headers.len() + ADDED_FIELDS);
+    let said_http11 = resp.version == Some(1);
     let mut close = false;
+    let base = buf.as_ptr() as usize;
+    let mut kept = Vec::with_capacity(resp.headers.len());
     for f in resp.headers.iter() {
         let name = f.name.as_bytes();
         // This hop's own fields, in their usual form, are read here and
@@ -268,15 +269,23 @@ fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, BoxError> {
             continue;
         }
         let name = HeaderName::from_bytes(name).map_err(|_| invalid("invalid upstream header name"))?;
-        let value = HeaderValue::from_bytes(f.value).map_err(|_| invalid("invalid upstream header value"))?;
+        let start = f.value.as_ptr() as usize - base;
+        kept.push((name, start, start + f.value.len()));
+    }
+    let head = buf.split_to(n).freeze();
+    // Room for what the gateway adds (the RateLimit fields): a full map
+    // would grow, rehashing every field, on the first insert.
+    let mut headers = HeaderMap::with_capacity(kept.len() + ADDED_FIELDS);
+    for (name, start, end) in kept {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| invalid("invalid upstream header value"))?;
         headers.append(name, value);
     }
     Ok(Some(Parsed::Final(
-        n,
         status,
         headers,
         Head {
-            http11: resp.version == Some(1),
+            http11: said_http11,
             close,
         },
     )))
@@ -340,7 +349,12 @@ fn respond<T>(
         }
     } else {
         let mut length: Option<u64> = None;
-        for v in headers.get_all(header::CONTENT_LENGTH) {
+        let mut canonical = true;
+        for (i, v) in headers.get_all(header::CONTENT_LENGTH).into_iter().enumerate() {
+            // One value, digits only, no leading zero: passed on as it is.
+            let b = v.as_bytes();
+            canonical &=
+                i == 0 && !b.is_empty() && b.iter().all(u8::is_ascii_digit) && (b[0] != b'0' || b.len() == 1);
             for part in v
                 .to_str()
                 .map_err(|_| invalid("invalid upstream Content-Length"))?
@@ -363,7 +377,9 @@ fn respond<T>(
         match length {
             Some(n) => {
                 // One canonical value towards the client (`5, 5` was one length).
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                if !canonical {
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                }
                 if n == 0 {
                     Framing::Done
                 } else {

@@ -215,7 +215,8 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// A `static`: a `const` array would be built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 9] = [
     // `Connection` first: `strip_hop_by_hop` reads its index.
     header::CONNECTION,
     KEEP_ALIVE,
@@ -231,7 +232,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// Fields a `Connection` list cannot remove: what the upstream must see
 /// as sluice saw it (the host, the credentials identity came from, the
 /// body's length).
-const END_TO_END: [HeaderName; 3] = [header::HOST, header::AUTHORIZATION, header::CONTENT_LENGTH];
+static END_TO_END: [HeaderName; 3] = [header::HOST, header::AUTHORIZATION, header::CONTENT_LENGTH];
 
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     // Usually there are none: one pass over the (few) fields, noting which
@@ -744,8 +745,8 @@ impl Gateway {
             }
         }
         strip_hop_by_hop(&mut parts.headers, false);
-        if let Some(merged) = merge(reports) {
-            sluice_server::rate_headers(&merged, &mut parts.headers);
+        if let Some(merged) = merge(&mut reports) {
+            sluice_server::rate_headers(merged, &mut parts.headers);
         }
         // The upstream's silence between body frames is bounded like its
         // silence before the head (long polls aside): a body that stalls
@@ -836,12 +837,22 @@ impl Gateway {
         // reaches a dual-stack listener as `::ffff:a.b.c.d`).
         let trusted_peer = origin.peer_trusted;
         let ours = if self.shared.tls { "https" } else { "http" };
-        let proto = match h.get(X_FORWARDED_PROTO).and_then(|v| v.to_str().ok()) {
-            Some("https") if trusted_peer => "https",
-            Some("http") if trusted_peer => "http",
+        // Most requests carry neither field: one pass over the (few) names
+        // instead of two hashed lookups.
+        let (has_proto, has_host) = h.keys().fold((false, false), |(p, o), k| {
+            (p || k == X_FORWARDED_PROTO, o || k == X_FORWARDED_HOST)
+        });
+        let sent_proto = if has_proto && trusted_peer {
+            h.get(X_FORWARDED_PROTO).and_then(|v| v.to_str().ok())
+        } else {
+            None
+        };
+        let proto = match sent_proto {
+            Some("https") => "https",
+            Some("http") => "http",
             _ => ours,
         };
-        if !trusted_peer {
+        if has_host && !trusted_peer {
             h.remove(X_FORWARDED_HOST);
         }
         let (xff, forwarded, real_ip) = if trusted_peer {
@@ -1036,12 +1047,13 @@ fn basic_user(user: &str, headers: &HeaderMap) -> Option<Target> {
     Target::user(&format!("{user}@{host}")).ok()
 }
 
-/// Every limit that applied to a request, for the `RateLimit` fields.
-fn merge(reports: Vec<Decision>) -> Option<Decision> {
-    let mut it = reports.into_iter();
-    let mut d = it.next()?;
-    for r in it {
-        for l in r.limits {
+/// Every limit that applied to a request, for the `RateLimit` fields:
+/// gathered into the first report, in place (a `Decision` is half a
+/// kilobyte; moving it is a copy).
+fn merge(reports: &mut [Decision]) -> Option<&Decision> {
+    let (d, rest) = reports.split_first_mut()?;
+    for r in rest {
+        for l in r.limits.drain(..) {
             if !d.limits.iter().any(|x| x.name == l.name && x.target == l.target) {
                 d.limits.push(l);
             }
