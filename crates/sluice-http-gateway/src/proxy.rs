@@ -234,12 +234,32 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// body's length).
 static END_TO_END: [HeaderName; 3] = [header::HOST, header::AUTHORIZATION, header::CONTENT_LENGTH];
 
+/// `k`'s index in [`HOP_BY_HOP`]: names compared only when their length
+/// matches (most fields' names match no hop-by-hop length at all).
+fn hop_by_hop_index(k: &HeaderName) -> Option<usize> {
+    let name = k.as_str();
+    let candidates: &[usize] = match name.len() {
+        2 => &[3],
+        7 => &[4, 6],
+        10 => &[0, 1],
+        16 => &[2],
+        17 => &[5],
+        18 => &[7],
+        19 => &[8],
+        _ => return None,
+    };
+    candidates
+        .iter()
+        .copied()
+        .find(|&i| HOP_BY_HOP[i].as_str() == name)
+}
+
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     // Usually there are none: one pass over the (few) fields, noting which
     // hop-by-hop names are there, instead of a hashed removal per name.
     let mut present = [false; 9];
     for k in h.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+        if let Some(i) = hop_by_hop_index(k) {
             present[i] = true;
         }
     }
@@ -1062,4 +1082,27 @@ fn merge(reports: &mut [Decision]) -> Option<&Decision> {
     // Forwarded: the fields inform, no `Retry-After`.
     d.allowed = true;
     Some(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_names_are_found_by_length_then_name() {
+        for (i, n) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(n), Some(i), "{n}");
+        }
+        for other in [
+            "host",
+            "user-agent",
+            "content-length",
+            "x-upgrade",
+            "ratelimit",
+            "transfer-encodinx",
+        ] {
+            let n = HeaderName::from_bytes(other.as_bytes()).unwrap();
+            assert_eq!(hop_by_hop_index(&n), None, "{other}");
+        }
+    }
 }
