@@ -146,14 +146,15 @@ pub type Verdict = Arc<Mutex<Option<Decision>>>;
 pub struct Metered {
     inner: ProxyBody,
     charge: Option<Charger>,
-    verdict: Verdict,
+    /// Where a denial is left (none when nobody reads it).
+    verdict: Option<Verdict>,
     stopped: bool,
     _held: Vec<Held>,
 }
 
 impl Metered {
     /// Wraps `inner`; `charge` (if any) is asked before each data frame.
-    pub fn new(inner: ProxyBody, charge: Option<Charger>, verdict: Verdict, held: Vec<Held>) -> Self {
+    pub fn new(inner: ProxyBody, charge: Option<Charger>, verdict: Option<Verdict>, held: Vec<Held>) -> Self {
         Self {
             inner,
             charge,
@@ -185,7 +186,9 @@ impl Body for Metered {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(charge)) = (frame.data_ref(), this.charge.as_mut()) {
                     if let Err(d) = charge(data.len() as u64) {
-                        *this.verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(*d);
+                        if let Some(v) = &this.verdict {
+                            *v.lock().unwrap_or_else(|p| p.into_inner()) = Some(*d);
+                        }
                         this.stopped = true;
                         return Poll::Ready(Some(Err(BoxError::new(LimitExceeded))));
                     }

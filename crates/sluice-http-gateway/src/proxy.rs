@@ -606,14 +606,21 @@ impl Gateway {
         }
 
         // Forward.
-        let verdict: Verdict = Arc::new(Mutex::new(None));
         let meter_upload = route.cost == Cost::RequestBytes && declared.is_none() && route.action.is_some();
         let charger = meter_upload.then(|| self.charger(&who, &route));
-        let mut client_body = client_body;
-        if !client_body.is_end_stream() {
-            client_body = IdleLimited::new(client_body, self.shared.cfg.body_timeout).boxed();
-        }
-        let up_body = Metered::new(client_body, charger, verdict.clone(), Vec::new()).boxed();
+        // Where the upload's meter leaves a denial, to answer it in the
+        // protocol's form.
+        let verdict: Option<Verdict> = charger.as_ref().map(|_| Arc::new(Mutex::new(None)));
+        let up_body = if client_body.is_end_stream() && charger.is_none() {
+            // Nothing to time or meter (a GET): no wrapper to allocate.
+            client_body
+        } else {
+            let mut client_body = client_body;
+            if !client_body.is_end_stream() {
+                client_body = IdleLimited::new(client_body, self.shared.cfg.body_timeout).boxed();
+            }
+            Metered::new(client_body, charger, verdict.clone(), Vec::new()).boxed()
+        };
         let host = parts
             .headers
             .get(header::HOST)
@@ -658,7 +665,10 @@ impl Gateway {
                 r
             }
             Err(e) => {
-                if let Some(d) = verdict.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let denied = verdict
+                    .as_ref()
+                    .and_then(|v| v.lock().unwrap_or_else(|p| p.into_inner()).take());
+                if let Some(d) = denied {
                     return self.deny(&route, &d);
                 }
                 if e.caused_by::<body::BodyTimeout>() {
@@ -758,7 +768,7 @@ impl Gateway {
                         // the download is cut (the status has gone already).
                         let charger = self.charger(&who, &route);
                         out_body =
-                            Metered::new(out_body, Some(charger), Arc::new(Mutex::new(None)), Vec::new())
+                            Metered::new(out_body, Some(charger), None, Vec::new())
                                 .boxed();
                     }
                 }
@@ -774,7 +784,10 @@ impl Gateway {
         if !route.long_poll && !out_body.is_end_stream() {
             out_body = IdleLimited::new(out_body, self.shared.cfg.upstream_timeout).boxed();
         }
-        let out_body = Metered::new(out_body, None, verdict, held).boxed();
+        if !held.is_empty() {
+            // Slots and the connection are held until the last byte has gone.
+            out_body = Metered::new(out_body, None, None, held).boxed();
+        }
         Response::from_parts(parts, out_body)
     }
 
