@@ -146,7 +146,8 @@ where
             handling.await
         };
         let keep = !close && !stopping.load(Ordering::Relaxed);
-        match write_response(&mut io, &mut out, resp, head_only, keep).await {
+        let watch = long_poll.then_some(&mut buf);
+        match write_response(&mut io, &mut out, resp, head_only, keep, watch).await {
             Ok(true) if keep => {}
             _ => {
                 let _ = io.shutdown().await;
@@ -321,15 +322,22 @@ enum Framing {
 }
 
 /// Writes `resp`; `Ok(true)` if the connection can carry another request.
+///
+/// `watch` (a long poll's): while the body is silent the client's side is
+/// read into this buffer, and a client that closes ends the answer (and
+/// with it what the body holds: the long-poll slot, the upstream
+/// exchange) — an event stream's head comes at once, then nothing for
+/// minutes.
 async fn write_response<S>(
     io: &mut S,
     out: &mut Vec<u8>,
     resp: Response<ProxyBody>,
     head_only: bool,
     keep: bool,
+    mut watch: Option<&mut BytesMut>,
 ) -> std::io::Result<bool>
 where
-    S: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
@@ -419,7 +427,14 @@ where
                     io.flush().await?;
                     out.clear();
                 }
-                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+                match watch.as_deref_mut() {
+                    None => next.await,
+                    Some(buf) => match unless_gone(io, buf, next).await {
+                        Some(frame) => frame,
+                        None => return Ok(false),
+                    },
+                }
             }
         };
         let data = match frame {
@@ -653,12 +668,54 @@ mod tests {
     }
 
     async fn written(resp: Response<ProxyBody>, head_only: bool, keep: bool) -> (String, bool) {
-        let mut io = Vec::new();
+        let mut io = tokio::io::join(tokio::io::empty(), Vec::new());
         let mut out = Vec::new();
-        let again = write_response(&mut io, &mut out, resp, head_only, keep)
+        let again = write_response(&mut io, &mut out, resp, head_only, keep, None)
             .await
             .unwrap();
-        (String::from_utf8(io).unwrap(), again)
+        (String::from_utf8(io.into_inner().1).unwrap(), again)
+    }
+
+    /// A long poll's client that closes while the body is silent ends the
+    /// answer, and the body (with what it holds) is dropped.
+    #[tokio::test]
+    async fn a_silent_long_poll_ends_when_its_client_leaves() {
+        struct Silent {
+            _held: std::sync::Arc<()>,
+        }
+        impl hyper::body::Body for Silent {
+            type Data = Bytes;
+            type Error = body::BoxError;
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, body::BoxError>>> {
+                Poll::Pending
+            }
+        }
+        let held = std::sync::Arc::new(());
+        let resp = Response::new(http_body_util::BodyExt::boxed(Silent { _held: held.clone() }));
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        // The client reads the head, then leaves.
+        let leaving = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut got = Vec::new();
+            while !got.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 256];
+                let n = client.read(&mut b).await.unwrap();
+                got.extend_from_slice(&b[..n]);
+            }
+        });
+        let mut out = Vec::new();
+        let mut buf = BytesMut::new();
+        let writing = write_response(&mut server, &mut out, resp, false, true, Some(&mut buf));
+        let again = tokio::time::timeout(Duration::from_secs(10), writing)
+            .await
+            .expect("the answer went on after its client left")
+            .unwrap();
+        assert!(!again);
+        assert_eq!(std::sync::Arc::strong_count(&held), 1, "the body was not dropped");
+        leaving.await.unwrap();
     }
 
     /// A body of frames given up front, of unknown size.

@@ -321,13 +321,11 @@ fn respond<T>(
     head_only: bool,
     pool: Option<Pool<T>>,
 ) -> Result<Response<LeanBody<T>>, BoxError> {
-    let framing = if head_only
+    let bodiless = head_only
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        Framing::Done
-    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if headers.contains_key(header::TRANSFER_ENCODING) {
         // Chunked only when it is the last coding; otherwise the body runs
         // until the connection closes (RFC 9112 §6.3).
         let last = headers
@@ -342,51 +340,26 @@ fn respond<T>(
         // frame the decoded body by it.
         let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
         headers.remove(header::CONTENT_LENGTH);
-        if chunked {
+        if bodiless {
+            Framing::Done
+        } else if chunked {
             Framing::Chunked(Chunk::Size)
         } else {
             Framing::Eof
         }
     } else {
-        let mut length: Option<u64> = None;
-        let mut canonical = true;
-        for (i, v) in headers.get_all(header::CONTENT_LENGTH).into_iter().enumerate() {
-            // One value, digits only, no leading zero: passed on as it is.
-            let b = v.as_bytes();
-            canonical &=
-                i == 0 && !b.is_empty() && b.iter().all(u8::is_ascii_digit) && (b[0] != b'0' || b.len() == 1);
-            for part in v
-                .to_str()
-                .map_err(|_| invalid("invalid upstream Content-Length"))?
-                .split(',')
-            {
-                // Digits only (`+5` parses as a u64 but is no length).
-                let part = part.trim();
-                let n = part
-                    .bytes()
-                    .all(|b| b.is_ascii_digit())
-                    .then(|| part.parse::<u64>().ok())
-                    .flatten()
-                    .ok_or_else(|| invalid("invalid upstream Content-Length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(invalid("conflicting upstream Content-Length"));
-                }
-                length = Some(n);
+        match canonical_length(&mut headers) {
+            Ok(_) if bodiless => Framing::Done,
+            // A bodiless answer's length only informs: a bad one is dropped
+            // rather than failing the answer.
+            Err(_) if bodiless => {
+                headers.remove(header::CONTENT_LENGTH);
+                Framing::Done
             }
-        }
-        match length {
-            Some(n) => {
-                // One canonical value towards the client (`5, 5` was one length).
-                if !canonical {
-                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-                }
-                if n == 0 {
-                    Framing::Done
-                } else {
-                    Framing::Length(n)
-                }
-            }
-            None => Framing::Eof,
+            Ok(Some(0)) => Framing::Done,
+            Ok(Some(n)) => Framing::Length(n),
+            Ok(None) => Framing::Eof,
+            Err(e) => return Err(e),
         }
     };
     let keep_alive = said.http11 && framing != Framing::Eof && !said.close;
@@ -403,6 +376,41 @@ fn respond<T>(
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     Ok(resp)
+}
+
+/// The answer's `Content-Length`, checked (digits only; several values
+/// must agree) and left as one canonical value (`5, 5` was one length).
+fn canonical_length(headers: &mut HeaderMap) -> Result<Option<u64>, BoxError> {
+    let mut length: Option<u64> = None;
+    let mut canonical = true;
+    for (i, v) in headers.get_all(header::CONTENT_LENGTH).into_iter().enumerate() {
+        // One value, digits only, no leading zero: passed on as it is.
+        let b = v.as_bytes();
+        canonical &=
+            i == 0 && !b.is_empty() && b.iter().all(u8::is_ascii_digit) && (b[0] != b'0' || b.len() == 1);
+        for part in v
+            .to_str()
+            .map_err(|_| invalid("invalid upstream Content-Length"))?
+            .split(',')
+        {
+            // Digits only (`+5` parses as a u64 but is no length).
+            let part = part.trim();
+            let n = part
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| part.parse::<u64>().ok())
+                .flatten()
+                .ok_or_else(|| invalid("invalid upstream Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(invalid("conflicting upstream Content-Length"));
+            }
+            length = Some(n);
+        }
+    }
+    if let (Some(n), false) = (length, canonical) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    Ok(length)
 }
 
 impl<T> LeanBody<T> {
@@ -759,6 +767,17 @@ mod tests {
         let (_, headers, body) = r.unwrap();
         assert!(!headers.contains_key("content-length"));
         assert_eq!(body, "hi");
+        // A HEAD's answer: lengths made one value, a bad one dropped.
+        let (r, _) = run(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            true,
+        )
+        .await;
+        let (_, headers, _) = r.unwrap();
+        assert_eq!(headers.get_all("content-length").iter().count(), 1);
+        assert_eq!(headers["content-length"], "5");
+        let (r, _) = run(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n", true).await;
+        assert!(!r.unwrap().1.contains_key("content-length"));
     }
 
     /// A kept connection is used only if nothing arrived on it while idle.

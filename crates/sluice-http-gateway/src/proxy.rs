@@ -767,9 +767,7 @@ impl Gateway {
                         // Unknown length: count as it flows; past the limit
                         // the download is cut (the status has gone already).
                         let charger = self.charger(&who, &route);
-                        out_body =
-                            Metered::new(out_body, Some(charger), None, Vec::new())
-                                .boxed();
+                        out_body = Metered::new(out_body, Some(charger), None, Vec::new()).boxed();
                     }
                 }
             }
