@@ -209,35 +209,76 @@ pub fn rate_headers(d: &Decision, h: &mut HeaderMap) {
     // On every proxied answer: numbers with `itoa`, not the `fmt`
     // machinery (measured in the HTTP gateway's profile).
     let mut num = itoa::Buffer::new();
-    let mut policy = String::with_capacity(64);
     let mut state = String::with_capacity(64);
-    for l in d.limits.iter() {
-        let Some(window) = l.window else { continue };
-        if !policy.is_empty() {
-            policy.push_str(", ");
+    for l in d.limits.iter().filter(|l| l.window.is_some()) {
+        if !state.is_empty() {
             state.push_str(", ");
         }
-        // `"name";q=limit;w=window` and `"name";r=remaining;t=reset`.
-        for (out, (k1, v1), (k2, v2)) in [
-            (&mut policy, (";q=", l.limit), (";w=", secs_ceil(window))),
-            (&mut state, (";r=", l.remaining), (";t=", secs_ceil(l.reset))),
-        ] {
-            out.push('"');
-            out.push_str(l.name);
-            out.push('"');
-            out.push_str(k1);
-            out.push_str(num.format(v1));
-            out.push_str(k2);
-            out.push_str(num.format(v2));
-        }
+        // `"name";r=remaining;t=reset`.
+        state.push('"');
+        state.push_str(l.name);
+        state.push_str("\";r=");
+        state.push_str(num.format(l.remaining));
+        state.push_str(";t=");
+        state.push_str(num.format(secs_ceil(l.reset)));
     }
-    if policy.is_empty() {
+    if state.is_empty() {
         return;
     }
-    if let (Ok(p), Ok(s)) = (HeaderValue::try_from(policy), HeaderValue::try_from(state)) {
+    if let (Some(p), Ok(s)) = (policy_value(d), HeaderValue::try_from(state)) {
         h.insert(RATELIMIT_POLICY, p);
         h.insert(RATELIMIT, s);
     }
+}
+
+/// The `RateLimit-Policy` value for `d`'s limits: `"name";q=limit;w=window`
+/// for each. It changes only with the limits that applied, so each thread
+/// keeps the last one made and hands out a shared copy while they are the
+/// same (on a gateway most answers in a row come from one route): no
+/// formatting, checking or allocation per answer.
+fn policy_value(d: &Decision) -> Option<HeaderValue> {
+    // A limit is its name (a `'static` string of the compiled policy, told
+    // apart by address and length), its quota and its window.
+    type Key = Vec<(usize, usize, u64, Duration)>;
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(Key, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    let limits = || {
+        d.limits.iter().filter_map(|l| {
+            l.window
+                .map(|w| (l.name.as_ptr() as usize, l.name.len(), l.limit, w))
+        })
+    };
+    let make = || {
+        let mut num = itoa::Buffer::new();
+        let mut policy = String::with_capacity(64);
+        for l in d.limits.iter() {
+            let Some(window) = l.window else { continue };
+            if !policy.is_empty() {
+                policy.push_str(", ");
+            }
+            policy.push('"');
+            policy.push_str(l.name);
+            policy.push_str("\";q=");
+            policy.push_str(num.format(l.limit));
+            policy.push_str(";w=");
+            policy.push_str(num.format(secs_ceil(window)));
+        }
+        HeaderValue::try_from(policy).ok()
+    };
+    LAST.with(|last| {
+        let Ok(mut last) = last.try_borrow_mut() else {
+            return make();
+        };
+        if let Some((key, value)) = last.as_ref() {
+            if key.len() == limits().count() && limits().zip(key).all(|(a, b)| a == *b) {
+                return Some(value.clone());
+            }
+        }
+        let value = make()?;
+        *last = Some((limits().collect(), value.clone()));
+        Some(value)
+    })
 }
 
 fn engine_error(app: &App, e: sluice_core::EngineError) -> Response {
@@ -720,5 +761,67 @@ mod tests {
             .expect_err("no body came");
         assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
         assert_eq!(start.elapsed(), BODY_TIMEOUT);
+    }
+}
+
+#[cfg(test)]
+mod rate_header_tests {
+    use super::*;
+    use sluice_core::{LimitOutcome, LimitReport, Reason, Target};
+
+    fn decision(limits: &[(&'static str, u64, u64)]) -> Decision {
+        let mut d = Decision {
+            allowed: true,
+            retry_after: Duration::ZERO,
+            reason: Reason::Allowed,
+            limits: Default::default(),
+            lease: None,
+            banned: None,
+        };
+        for &(name, limit, remaining) in limits {
+            d.limits.push(LimitReport {
+                name,
+                target: Target::user("@a:example.org").expect("a user"),
+                limit,
+                window: Some(Duration::from_secs(60)),
+                remaining,
+                reset: Duration::from_secs(2),
+                outcome: LimitOutcome::Allowed,
+                shadow: false,
+            });
+        }
+        d
+    }
+
+    fn fields(d: &Decision) -> (String, String) {
+        let mut h = HeaderMap::new();
+        rate_headers(d, &mut h);
+        let get = |n: &str| {
+            h.get(n)
+                .map(|v| v.to_str().expect("ascii").to_owned())
+                .unwrap_or_default()
+        };
+        (get("ratelimit-policy"), get("ratelimit"))
+    }
+
+    /// The policy value is made once per set of limits and follows any
+    /// change of that set; the state is each answer's own.
+    #[test]
+    fn the_policy_value_follows_the_limits_that_applied() {
+        let a = decision(&[("a", 10, 9), ("b", 5, 4)]);
+        let (p, s) = fields(&a);
+        assert_eq!(p, "\"a\";q=10;w=60, \"b\";q=5;w=60");
+        assert_eq!(s, "\"a\";r=9;t=2, \"b\";r=4;t=2");
+        let (p2, s2) = fields(&decision(&[("a", 10, 3), ("b", 5, 1)]));
+        assert_eq!(p2, p);
+        assert_eq!(s2, "\"a\";r=3;t=2, \"b\";r=1;t=2");
+        // Another quota, another set, one limit fewer: made anew each time.
+        assert_eq!(
+            fields(&decision(&[("a", 11, 3), ("b", 5, 1)])).0,
+            "\"a\";q=11;w=60, \"b\";q=5;w=60"
+        );
+        assert_eq!(fields(&decision(&[("a", 11, 3)])).0, "\"a\";q=11;w=60");
+        assert_eq!(fields(&decision(&[("c", 11, 3)])).0, "\"c\";q=11;w=60");
+        assert_eq!(fields(&decision(&[])), (String::new(), String::new()));
     }
 }
