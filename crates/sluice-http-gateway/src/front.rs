@@ -130,6 +130,7 @@ where
         let head_only = parts.method == Method::HEAD;
         let route = gw.route(&parts, false);
         let long_poll = route.long_poll;
+        ctx.lean = true;
         let handling = gw.handle_parts(parts, route, body::empty(), None, ctx);
         let resp = if long_poll {
             // A long poll held open for a client that has gone would keep

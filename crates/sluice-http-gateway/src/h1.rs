@@ -154,7 +154,16 @@ pub(crate) struct LeanBody<T> {
     framing: Framing,
     keep_alive: bool,
     pool: Option<Pool<T>>,
+    /// The whole body, when it came with the head (see [`Complete`]).
+    ready: Option<Bytes>,
 }
+
+/// Marks an answer whose body was read with its head (most small
+/// answers): nothing is left to wait for, so no idle timer is needed, and
+/// its upstream connection is back in the pool before the client is
+/// written to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Complete;
 
 /// Sends `head` on `conn` and reads the response head. `head_only`: the
 /// request was `HEAD` (no body follows whatever the fields say). The body
@@ -363,11 +372,21 @@ fn respond<T>(
         }
     };
     let keep_alive = said.http11 && framing != Framing::Eof && !said.close;
+    let mut conn = conn;
+    // The whole body already read with the head: taken now.
+    let ready = match framing {
+        Framing::Length(n) if conn.buf.len() as u64 >= n => {
+            usize::try_from(n).ok().map(|n| conn.buf.split_to(n).freeze())
+        }
+        _ => None,
+    };
+    let complete = ready.is_some() || framing == Framing::Done;
     let mut body = LeanBody {
         conn: Some(conn),
-        framing,
+        framing: if ready.is_some() { Framing::Done } else { framing },
         keep_alive,
         pool,
+        ready,
     };
     if body.framing == Framing::Done {
         body.finish();
@@ -375,12 +394,31 @@ fn respond<T>(
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
+    if complete {
+        resp.extensions_mut().insert(Complete);
+    }
     Ok(resp)
 }
 
 /// The answer's `Content-Length`, checked (digits only; several values
 /// must agree) and left as one canonical value (`5, 5` was one length).
 fn canonical_length(headers: &mut HeaderMap) -> Result<Option<u64>, BoxError> {
+    // The usual case first: one value, digits only, no leading zero, short
+    // enough not to overflow — passed on as it is.
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    match (values.next(), values.next()) {
+        (None, _) => return Ok(None),
+        (Some(v), None) => {
+            let b = v.as_bytes();
+            if (1..=19).contains(&b.len())
+                && b.iter().all(u8::is_ascii_digit)
+                && (b[0] != b'0' || b.len() == 1)
+            {
+                return Ok(Some(b.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'))));
+            }
+        }
+        _ => {}
+    }
     let mut length: Option<u64> = None;
     let mut canonical = true;
     for (i, v) in headers.get_all(header::CONTENT_LENGTH).into_iter().enumerate() {
@@ -493,6 +531,9 @@ impl<T: AsyncRead + Unpin> Body for LeanBody<T> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(data) = this.ready.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         loop {
             match this.framing {
                 Framing::Done => return Poll::Ready(None),
@@ -573,10 +614,13 @@ impl<T: AsyncRead + Unpin> Body for LeanBody<T> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.framing == Framing::Done
+        self.ready.is_none() && self.framing == Framing::Done
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(data) = &self.ready {
+            return SizeHint::with_exact(data.len() as u64);
+        }
         match self.framing {
             Framing::Length(n) => SizeHint::with_exact(n),
             Framing::Done => SizeHint::with_exact(0),
@@ -658,6 +702,32 @@ mod tests {
         writer.await.unwrap();
         let kept = pool.lock().unwrap().len();
         (out, kept)
+    }
+
+    /// An answer whose body came with its head is marked complete, and its
+    /// connection is back in the pool before the body is read.
+    #[tokio::test]
+    async fn a_body_read_with_its_head_frees_the_connection_at_once() {
+        let (near, mut far) = duplex(1 << 16);
+        let pool: Pool<tokio::io::DuplexStream> = Arc::default();
+        // The answer is there before the request is sent (the pipe holds
+        // both).
+        far.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+            .await
+            .unwrap();
+        let resp = exchange(Conn::new(near), GET, false, Some(pool.clone()))
+            .await
+            .map_err(|_| "exchange failed")
+            .unwrap();
+        assert!(resp.extensions().get::<Complete>().is_some());
+        assert_eq!(
+            pool.lock().unwrap().len(),
+            1,
+            "the connection waited for the body"
+        );
+        assert_eq!(resp.body().size_hint().exact(), Some(5));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"hello");
     }
 
     #[tokio::test]

@@ -129,6 +129,9 @@ pub(crate) struct ConnCtx {
     pub deadline: Deadline,
     /// The forwarding fields made for a direct client.
     pub forwarding: Option<Forwarding>,
+    /// The request is one the lean client side took ([`crate::front`]): a
+    /// bodiless `GET`/`HEAD`, so [`h1::eligible`] need not look again.
+    pub lean: bool,
 }
 
 impl ConnCtx {
@@ -148,6 +151,7 @@ impl ConnCtx {
                     .max(Duration::from_secs(5)),
             ),
             forwarding: None,
+            lean: false,
         }
     }
 }
@@ -637,11 +641,11 @@ impl Gateway {
         // login) — gets `upstream_timeout` to start answering.
         let small = up_req.body().is_end_stream() || declared.is_some_and(|n| n <= 64 * 1024);
         let sent = if route.long_poll || !small {
-            self.send(up_req).await
+            self.send(up_req, ctx.lean).await
         } else {
             match ctx
                 .deadline
-                .within(self.shared.cfg.upstream_timeout, self.send(up_req))
+                .within(self.shared.cfg.upstream_timeout, self.send(up_req, ctx.lean))
                 .await
             {
                 Ok(r) => r,
@@ -779,7 +783,7 @@ impl Gateway {
         // The upstream's silence between body frames is bounded like its
         // silence before the head (long polls aside): a body that stalls
         // must not hold the request's slots for ever.
-        if !route.long_poll && !out_body.is_end_stream() {
+        if !route.long_poll && !out_body.is_end_stream() && parts.extensions.get::<h1::Complete>().is_none() {
             out_body = IdleLimited::new(out_body, self.shared.cfg.upstream_timeout).boxed();
         }
         if !held.is_empty() {
@@ -798,10 +802,11 @@ impl Gateway {
     async fn send(
         &self,
         mut req: Request<ProxyBody>,
+        lean: bool,
     ) -> Result<(Response<ProxyBody>, Option<Lent>), body::BoxError> {
         // The body decides too: hop-by-hop stripping has removed a
         // request's `Transfer-Encoding` by now, but not its chunks.
-        if h1::eligible(req.method(), req.headers()) && req.body().is_end_stream() {
+        if (lean || h1::eligible(req.method(), req.headers())) && req.body().is_end_stream() {
             let (parts, _empty) = req.into_parts();
             return self.upstream.send_lean(&parts).await.map(|r| (r, None));
         }
@@ -1039,7 +1044,7 @@ impl Gateway {
             .header(header::AUTHORIZATION, auth)
             .body(body::empty())
             .map_err(|_| ())?;
-        let (resp, _lent) = tokio::time::timeout(Duration::from_secs(5), self.send(req))
+        let (resp, _lent) = tokio::time::timeout(Duration::from_secs(5), self.send(req, false))
             .await
             .map_err(|_| ())?
             .map_err(|_| ())?;
