@@ -108,13 +108,21 @@ pub(crate) fn eligible(method: &Method, headers: &HeaderMap) -> bool {
             .all(|v| v.as_bytes() == b"0")
 }
 
-/// The request head: `METHOD target HTTP/1.1`, the fields, a blank line.
-pub(crate) fn encode_head(method: &Method, target: &str, headers: &HeaderMap, out: &mut Vec<u8>) {
+/// The request head: `METHOD target HTTP/1.1`, the fields, then `extra`
+/// (those given a value), a blank line.
+pub(crate) fn encode_head(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    extra: &[(HeaderName, Option<HeaderValue>)],
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
+    let extra = extra.iter().filter_map(|(n, v)| v.as_ref().map(|v| (n, v)));
+    for (name, value) in headers.iter().chain(extra) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -912,10 +920,24 @@ mod tests {
         h.insert(header::HOST, HeaderValue::from_static("hs.example"));
         h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
         let mut out = Vec::new();
-        encode_head(&Method::GET, "/_matrix/client/v3/sync?since=s1", &h, &mut out);
+        // Extra fields follow the map's; those without a value are left out.
+        let extra = [
+            (
+                HeaderName::from_static("x-real-ip"),
+                Some(HeaderValue::from_static("203.0.113.7")),
+            ),
+            (HeaderName::from_static("forwarded"), None),
+        ];
+        encode_head(
+            &Method::GET,
+            "/_matrix/client/v3/sync?since=s1",
+            &h,
+            &extra,
+            &mut out,
+        );
         assert_eq!(
             out,
-            b"GET /_matrix/client/v3/sync?since=s1 HTTP/1.1\r\nhost: hs.example\r\nx-forwarded-for: 203.0.113.7\r\n\r\n"
+            b"GET /_matrix/client/v3/sync?since=s1 HTTP/1.1\r\nhost: hs.example\r\nx-forwarded-for: 203.0.113.7\r\nx-real-ip: 203.0.113.7\r\n\r\n"
         );
     }
 }

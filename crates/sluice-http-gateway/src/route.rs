@@ -144,15 +144,27 @@ fn is_version(s: &str) -> bool {
             && s[1..].bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The path after `prefix` and a version segment, split into segments.
-fn versioned<'a>(path: &'a str, prefix: &str) -> Option<Vec<&'a str>> {
+/// Segments of a path looked at: every table pattern names fewer, so a
+/// longer path matches only patterns ending in `..`, which read the first
+/// ones — the same as if all were kept.
+const SEGMENTS: usize = 8;
+
+/// The path after `prefix` and a version segment, split into segments (on
+/// the stack: this runs for every request).
+fn versioned<'a>(path: &'a str, prefix: &str) -> Option<([&'a str; SEGMENTS], usize)> {
     let rest = path.strip_prefix(prefix)?;
     let mut segs = rest.split('/');
     let version = segs.next()?;
     if !is_version(version) {
         return None;
     }
-    Some(segs.filter(|s| !s.is_empty()).collect())
+    let mut out = [""; SEGMENTS];
+    let mut n = 0;
+    for s in segs.filter(|s| !s.is_empty()).take(SEGMENTS) {
+        out[n] = s;
+        n += 1;
+    }
+    Some((out, n))
 }
 
 fn matrix(method: &Method, path: &str) -> Route {
@@ -160,9 +172,9 @@ fn matrix(method: &Method, path: &str) -> Route {
     let post = method == Method::POST;
     let put = method == Method::PUT;
     let get = method == Method::GET || method == Method::HEAD;
-    if let Some(s) = versioned(path, "/_matrix/client/") {
+    if let Some((s, n)) = versioned(path, "/_matrix/client/") {
         let r = |a: &str| Route::new(C, Some(a));
-        return match s.as_slice() {
+        return match &s[..n] {
             ["register"] if post => r("registration").on_success(),
             ["register", "m.login.registration_token", "validity"] => r("registration_token_validity"),
             ["login"] if post => r("login").on_success().login(),
@@ -179,8 +191,8 @@ fn matrix(method: &Method, path: &str) -> Route {
             _ => Route::new(C, None),
         };
     }
-    if let Some(s) = versioned(path, "/_matrix/media/") {
-        return match s.as_slice() {
+    if let Some((s, n)) = versioned(path, "/_matrix/media/") {
+        return match &s[..n] {
             ["upload"] if post => Route::new(C, Some("media_create")).cost(Cost::RequestBytes),
             ["upload", _, _] if put => Route::new(C, Some("media_create")).cost(Cost::RequestBytes),
             ["download" | "thumbnail", ..] if get => {
@@ -189,9 +201,9 @@ fn matrix(method: &Method, path: &str) -> Route {
             _ => Route::new(C, None),
         };
     }
-    if let Some(s) = versioned(path, "/_matrix/federation/") {
+    if let Some((s, n)) = versioned(path, "/_matrix/federation/") {
         let r = |a: &str| Route::new(F, Some(a));
-        return match s.as_slice() {
+        return match &s[..n] {
             ["send", _] if put => r("transaction"),
             ["send_join", _, _] if put => r("join"),
             ["send_knock", _, _] if put => r("knock"),
@@ -244,6 +256,18 @@ mod tests {
         }
         assert_eq!(m("POST", "/_matrix/client/x1/register").action, None);
         assert_eq!(m("POST", "/_matrix/clientv3/register").action, None);
+    }
+
+    /// Paths longer than the segments kept still match the patterns that
+    /// end in `..`, and no exact one.
+    #[test]
+    fn long_paths_match_as_with_every_segment() {
+        let long = "/_matrix/client/v1/media/download/example.org/abc/1/2/3/4/5/6/7";
+        assert_eq!(m("GET", long).action.as_deref(), Some("media_download"));
+        let send = "/_matrix/client/v3/rooms/!r:x/send/m.room.message/t/1/2/3/4/5/6";
+        assert_eq!(m("PUT", send).action.as_deref(), Some("send_event"));
+        let not_join = "/_matrix/client/v3/join/a/b/c/d/e/f/g/h/i";
+        assert_eq!(m("POST", not_join).action, None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Request, Response, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -256,15 +256,16 @@ impl Upstream {
     pub(crate) async fn send_lean(
         &self,
         parts: &hyper::http::request::Parts,
+        extra: &[(HeaderName, Option<HeaderValue>)],
     ) -> Result<Response<ProxyBody>, BoxError> {
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut head = Vec::with_capacity(512);
         if parts.headers.contains_key(header::HOST) {
-            h1::encode_head(&parts.method, target, &parts.headers, &mut head);
+            h1::encode_head(&parts.method, target, &parts.headers, extra, &mut head);
         } else {
             let mut headers = parts.headers.clone();
             headers.insert(header::HOST, self.host.clone());
-            h1::encode_head(&parts.method, target, &headers, &mut head);
+            h1::encode_head(&parts.method, target, &headers, extra, &mut head);
         }
         let head_only = parts.method == hyper::Method::HEAD;
         let mut retried = false;
