@@ -111,7 +111,8 @@ impl std::fmt::Debug for Gateway {
 struct Who {
     targets: Targets,
     /// The same, normalised, for `observe`.
-    list: Vec<Target>,
+    /// (The address and at most three more: on the stack.)
+    list: smallvec::SmallVec<[Target; 4]>,
     credential: Credential,
     /// A Basic credential or federation origin waiting for the upstream's word.
     pending: Option<u64>,
@@ -500,7 +501,9 @@ impl Gateway {
 
         // Limits. The specific action first: when it denies, `request`
         // has not been charged.
-        let mut reports: Vec<Decision> = Vec::new();
+        // Every limit that applied, for the `RateLimit` fields: the first
+        // decision, with the later ones' limits added ([`Report::add`]).
+        let mut reports = Report::default();
         let mut held: Vec<Held> = Vec::new();
         let declared = content_length(&parts.headers);
         if let Some(action) = route.action.as_deref() {
@@ -571,14 +574,14 @@ impl Gateway {
             if !d.allowed {
                 return self.deny(&route, &d);
             }
-            reports.push(d);
+            reports.add(d);
         }
         if route.long_poll {
             let d = self.decide(&who, route.side, "request", 1, Mode::Check);
             if !d.allowed {
                 return self.deny(&route, &d);
             }
-            reports.push(d);
+            reports.add(d);
             match self.long_poll_slot(&who) {
                 Some(slot) => held.push(Box::new(slot)),
                 None => {
@@ -599,7 +602,7 @@ impl Gateway {
                         .app
                         .observe(route.side, "request", &who.list, g.decision());
                     let (d, lease) = g.split();
-                    reports.push(d);
+                    reports.add(d);
                     if let Some(g) = lease {
                         held.push(Box::new(g));
                     }
@@ -754,7 +757,7 @@ impl Gateway {
         if failure {
             self.shared.counters.add(Count::AuthFailures);
             let d = self.decide(&who, Side::Client, "authentication_failure", 1, Mode::Check);
-            reports.push(d);
+            reports.add(d);
         } else if let Some(key) = who.pending {
             // Only a success from an endpoint that checks the credential
             // proves it: a 404, a 400 or a public page proves nothing.
@@ -766,7 +769,7 @@ impl Gateway {
             if let (Some(action), Charge::OnSuccess) = (route.action.as_deref(), route.charge) {
                 // Charged now, whatever the bucket says: the account exists.
                 let d = self.decide(&who, route.side, action, 1, Mode::Check);
-                reports.push(d);
+                reports.add(d);
             }
         }
         if route.cost == Cost::ResponseBytes && status.is_success() {
@@ -777,7 +780,7 @@ impl Gateway {
                         if !d.allowed {
                             return self.deny(&route, &d);
                         }
-                        reports.push(d);
+                        reports.add(d);
                     }
                     None => {
                         // Unknown length: count as it flows; past the limit
@@ -789,7 +792,7 @@ impl Gateway {
             }
         }
         strip_hop_by_hop(&mut parts.headers, false);
-        if let Some(merged) = merge(&mut reports) {
+        if let Some(merged) = reports.merged() {
             sluice_server::rate_headers(merged, &mut parts.headers);
         }
         // The upstream's silence between body frames is bounded like its
@@ -1021,7 +1024,8 @@ impl Gateway {
             }
             Credential::XMatrix { .. } => {}
         }
-        let mut list = vec![normalizer_ip];
+        let mut list = smallvec::SmallVec::new();
+        list.push(normalizer_ip);
         list.extend(
             [&targets.user, &targets.server, &targets.appservice]
                 .into_iter()
@@ -1118,20 +1122,35 @@ fn basic_user(user: &str, headers: &HeaderMap) -> Option<Target> {
 }
 
 /// Every limit that applied to a request, for the `RateLimit` fields:
-/// gathered into the first report, in place (a `Decision` is half a
-/// kilobyte; moving it is a copy).
-fn merge(reports: &mut [Decision]) -> Option<&Decision> {
-    let (d, rest) = reports.split_first_mut()?;
-    for r in rest {
-        for l in r.limits.drain(..) {
-            if !d.limits.iter().any(|x| x.name == l.name && x.target == l.target) {
-                d.limits.push(l);
+/// the first decision kept (moved in, not collected in a list of
+/// half-kilobyte decisions), the later ones' limits added to it.
+#[derive(Default)]
+struct Report(Option<Decision>);
+
+impl Report {
+    fn add(&mut self, d: Decision) {
+        let Some(first) = &mut self.0 else {
+            self.0 = Some(d);
+            return;
+        };
+        for l in d.limits {
+            if !first
+                .limits
+                .iter()
+                .any(|x| x.name == l.name && x.target == l.target)
+            {
+                first.limits.push(l);
             }
         }
     }
-    // Forwarded: the fields inform, no `Retry-After`.
-    d.allowed = true;
-    Some(d)
+
+    /// The merged report, if any decision was made. Forwarded: the fields
+    /// inform, no `Retry-After`.
+    fn merged(&mut self) -> Option<&Decision> {
+        let d = self.0.as_mut()?;
+        d.allowed = true;
+        Some(d)
+    }
 }
 
 #[cfg(test)]
