@@ -268,13 +268,10 @@ fn request(buf: &mut BytesMut, head: Head) -> Option<(hyper::http::request::Part
     }
 }
 
-/// Fields the gateway adds to a request on its way upstream (the four
-/// forwarding fields, `Host` when missing), reserved up front: a full map
-/// would grow, rehashing every field, on the first insert.
-const ADDED_FIELDS: usize = 6;
-
 fn build(bytes: &Bytes, head: &Head) -> Option<hyper::http::request::Parts> {
-    let mut headers = HeaderMap::with_capacity(head.fields.len() + ADDED_FIELDS);
+    // Nothing is added to this map: the forwarding fields are written by
+    // the upstream exchange, and `Host`, when missing, into a copy.
+    let mut headers = HeaderMap::with_capacity(head.fields.len());
     for &(ns, ne, vs, ve) in &head.fields {
         let name = HeaderName::from_bytes(&bytes[ns..ne]).ok()?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(vs..ve)).ok()?;

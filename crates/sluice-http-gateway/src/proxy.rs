@@ -302,6 +302,12 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
         }
         h.remove(n);
     }
+    if keep_upgrade && present[0] {
+        // An upgrade keeps `Connection`, but only its `upgrade`: a list
+        // naming other fields (sluice's forwarding fields among them)
+        // would have the next hop remove them.
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
 }
 
 /// Whether a success answer to a request for `path` proves the request's
@@ -829,6 +835,20 @@ impl Gateway {
             let extra = extra.map_or(&[][..], |e| &e[..]);
             return self.upstream.send_lean(&parts, extra).await.map(|r| (r, None));
         }
+        if let Some(extra) = extra {
+            // Not sent the lean way after all (a body came to be): the
+            // forwarding fields go into the map, as for any other request.
+            for (k, v) in extra {
+                match v {
+                    Some(v) => {
+                        req.headers_mut().insert(k.clone(), v.clone());
+                    }
+                    None => {
+                        req.headers_mut().remove(k);
+                    }
+                }
+            }
+        }
         // Origin form (`/path?query`): the upstream's base has no path.
         let pq = req
             .uri()
@@ -1173,5 +1193,30 @@ mod tests {
             let n = HeaderName::from_bytes(other.as_bytes()).unwrap();
             assert_eq!(hop_by_hop_index(&n), None, "{other}");
         }
+    }
+
+    /// An upgrade keeps `Connection: upgrade` and `Upgrade`, nothing else
+    /// `Connection` named.
+    #[test]
+    fn upgrades_keep_only_the_upgrade_token() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, X-Forwarded-For, keep-alive"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.1"));
+        h.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert!(!h.contains_key(X_FORWARDED_FOR) && !h.contains_key(KEEP_ALIVE));
+        // Without an upgrade, all of it goes.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-a"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
     }
 }
