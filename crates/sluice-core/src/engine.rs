@@ -176,6 +176,13 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// An allowed decision that applied no limit: what a caller answers
+    /// when it fails open (the engine could not decide), and a base for
+    /// reports built by hand.
+    pub fn allow() -> Self {
+        Self::early(true, Duration::ZERO, Reason::Allowed)
+    }
+
     fn early(allowed: bool, retry_after: Duration, reason: Reason) -> Self {
         Self {
             allowed,

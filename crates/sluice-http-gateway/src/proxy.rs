@@ -415,14 +415,7 @@ impl Gateway {
                 // on_error default does; the limiter must not take the
                 // server down with it.
                 tracing::error!(action, "http gateway: {e}");
-                Decision {
-                    allowed: true,
-                    retry_after: Duration::ZERO,
-                    reason: Reason::Allowed,
-                    limits: Default::default(),
-                    lease: None,
-                    banned: None,
-                }
+                Decision::allow()
             }
         }
     }

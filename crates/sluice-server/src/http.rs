@@ -206,22 +206,8 @@ pub fn rate_headers(d: &Decision, h: &mut HeaderMap) {
     if !d.allowed {
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs_ceil(d.retry_after)));
     }
-    // On every proxied answer: numbers with `itoa`, not the `fmt`
-    // machinery (measured in the HTTP gateway's profile).
-    let mut num = itoa::Buffer::new();
-    let mut state = String::with_capacity(64);
-    for l in d.limits.iter().filter(|l| l.window.is_some()) {
-        if !state.is_empty() {
-            state.push_str(", ");
-        }
-        // `"name";r=remaining;t=reset`.
-        state.push('"');
-        state.push_str(l.name);
-        state.push_str("\";r=");
-        state.push_str(num.format(l.remaining));
-        state.push_str(";t=");
-        state.push_str(num.format(secs_ceil(l.reset)));
-    }
+    // `"name";r=remaining;t=reset` per limit, on every proxied answer.
+    let state = rate_items(d, |l, _| [(";r=", l.remaining), (";t=", secs_ceil(l.reset))]);
     if state.is_empty() {
         return;
     }
@@ -229,6 +215,28 @@ pub fn rate_headers(d: &Decision, h: &mut HeaderMap) {
         h.insert(RATELIMIT_POLICY, p);
         h.insert(RATELIMIT, s);
     }
+}
+
+/// `"name"` and two `key=value` parameters for each of `d`'s limits with a
+/// window, comma-separated; numbers with `itoa`, not the `fmt` machinery
+/// (measured in the HTTP gateway's profile).
+fn rate_items(d: &Decision, params: impl Fn(&LimitReport, Duration) -> [(&'static str, u64); 2]) -> String {
+    let mut num = itoa::Buffer::new();
+    let mut out = String::with_capacity(64);
+    for l in d.limits.iter() {
+        let Some(window) = l.window else { continue };
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push('"');
+        out.push_str(l.name);
+        out.push('"');
+        for (key, value) in params(l, window) {
+            out.push_str(key);
+            out.push_str(num.format(value));
+        }
+    }
+    out
 }
 
 /// The `RateLimit-Policy` value for `d`'s limits: `"name";q=limit;w=window`
@@ -250,20 +258,7 @@ fn policy_value(d: &Decision) -> Option<HeaderValue> {
         })
     };
     let make = || {
-        let mut num = itoa::Buffer::new();
-        let mut policy = String::with_capacity(64);
-        for l in d.limits.iter() {
-            let Some(window) = l.window else { continue };
-            if !policy.is_empty() {
-                policy.push_str(", ");
-            }
-            policy.push('"');
-            policy.push_str(l.name);
-            policy.push_str("\";q=");
-            policy.push_str(num.format(l.limit));
-            policy.push_str(";w=");
-            policy.push_str(num.format(secs_ceil(window)));
-        }
+        let policy = rate_items(d, |l, window| [(";q=", l.limit), (";w=", secs_ceil(window))]);
         HeaderValue::try_from(policy).ok()
     };
     LAST.with(|last| {
@@ -767,17 +762,10 @@ mod tests {
 #[cfg(test)]
 mod rate_header_tests {
     use super::*;
-    use sluice_core::{LimitOutcome, LimitReport, Reason, Target};
+    use sluice_core::{LimitOutcome, LimitReport, Target};
 
     fn decision(limits: &[(&'static str, u64, u64)]) -> Decision {
-        let mut d = Decision {
-            allowed: true,
-            retry_after: Duration::ZERO,
-            reason: Reason::Allowed,
-            limits: Default::default(),
-            lease: None,
-            banned: None,
-        };
+        let mut d = Decision::allow();
         for &(name, limit, remaining) in limits {
             d.limits.push(LimitReport {
                 name,
