@@ -58,17 +58,54 @@ impl BoxError {
 #[error("request body idle for more than {0:?}")]
 pub struct BodyTimeout(pub std::time::Duration);
 
-/// A request body that fails with [`BodyTimeout`] when the client sends
-/// nothing for `limit` (nginx's `client_body_timeout`): a trickled upload
-/// cannot hold its slots and an upstream connection for ever.
-pub struct IdleLimited {
-    inner: ProxyBody,
+/// A body's silence timer: armed when the body goes quiet, disarmed by a
+/// frame, and made on the first silence only, so a body that is all there
+/// (most answers) costs no timer at all.
+#[derive(Debug)]
+pub(crate) struct IdleTimer {
     limit: std::time::Duration,
-    /// Armed when the body goes quiet (`inner` pending), disarmed by a
-    /// frame; made on the first silence only, so a body that is all there
-    /// (most answers) costs no timer at all.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     armed: bool,
+}
+
+impl IdleTimer {
+    pub(crate) fn new(limit: std::time::Duration) -> Self {
+        Self {
+            limit,
+            deadline: None,
+            armed: false,
+        }
+    }
+
+    /// The body produced something (a frame, its end or an error).
+    pub(crate) fn heard(&mut self) {
+        self.armed = false;
+    }
+
+    /// The body is silent: the error once it has been for `limit`.
+    pub(crate) fn poll_silent(&mut self, cx: &mut Context<'_>) -> Poll<BoxError> {
+        if !self.armed {
+            self.armed = true;
+            let at = tokio::time::Instant::now() + self.limit;
+            match &mut self.deadline {
+                Some(d) => d.as_mut().reset(at),
+                None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        match self.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(BoxError::new(BodyTimeout(self.limit))),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+/// A body that fails with [`BodyTimeout`] when it sends nothing for
+/// `limit`: a client trickling an upload (nginx's `client_body_timeout`),
+/// or an upstream answer gone silent, cannot hold its slots and an
+/// upstream connection for ever.
+pub struct IdleLimited {
+    inner: ProxyBody,
+    timer: IdleTimer,
 }
 
 impl IdleLimited {
@@ -76,9 +113,7 @@ impl IdleLimited {
     pub fn new(inner: ProxyBody, limit: std::time::Duration) -> Self {
         Self {
             inner,
-            limit,
-            deadline: None,
-            armed: false,
+            timer: IdleTimer::new(limit),
         }
     }
 }
@@ -94,23 +129,10 @@ impl Body for IdleLimited {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.armed = false;
+                this.timer.heard();
                 Poll::Ready(frame)
             }
-            Poll::Pending => {
-                if !this.armed {
-                    this.armed = true;
-                    let at = tokio::time::Instant::now() + this.limit;
-                    match &mut this.deadline {
-                        Some(d) => d.as_mut().reset(at),
-                        None => this.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
-                    }
-                }
-                match this.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
-                    Some(Poll::Ready(())) => Poll::Ready(Some(Err(BoxError::new(BodyTimeout(this.limit))))),
-                    _ => Poll::Pending,
-                }
-            }
+            Poll::Pending => this.timer.poll_silent(cx).map(|e| Some(Err(e))),
         }
     }
 

@@ -32,7 +32,7 @@ use hyper::{Method, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::time::Instant;
 
-use crate::body::BoxError;
+use crate::body::{BoxError, IdleTimer};
 use crate::upstream::IdleStack;
 
 /// Largest response head accepted.
@@ -162,16 +162,24 @@ pub(crate) struct LeanBody<T> {
     framing: Framing,
     keep_alive: bool,
     pool: Option<Pool<T>>,
-    /// The whole body, when it came with the head (see [`Complete`]).
+    /// The whole body, when it came with the head (most small answers):
+    /// its upstream connection is back in the pool before the client is
+    /// written to.
     ready: Option<Bytes>,
+    /// The longest silence of the upstream between parts of the body
+    /// ([`LeanBody::limit_silence`]).
+    idle: Option<IdleTimer>,
 }
 
-/// Marks an answer whose body was read with its head (most small
-/// answers): nothing is left to wait for, so no idle timer is needed, and
-/// its upstream connection is back in the pool before the client is
-/// written to.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Complete;
+impl<T> LeanBody<T> {
+    /// Fails the body once the upstream has sent nothing of it for
+    /// `limit` (`upstream_timeout`), as `body::IdleLimited` does around
+    /// other bodies: the timer is this body's own, so an answer needs no
+    /// wrapper, and one that came whole never makes a timer.
+    pub(crate) fn limit_silence(&mut self, limit: std::time::Duration) {
+        self.idle = Some(IdleTimer::new(limit));
+    }
+}
 
 /// Sends `head` on `conn` and reads the response head. `head_only`: the
 /// request was `HEAD` (no body follows whatever the fields say). The body
@@ -388,13 +396,13 @@ fn respond<T>(
         }
         _ => None,
     };
-    let complete = ready.is_some() || framing == Framing::Done;
     let mut body = LeanBody {
         conn: Some(conn),
         framing: if ready.is_some() { Framing::Done } else { framing },
         keep_alive,
         pool,
         ready,
+        idle: None,
     };
     if body.framing == Framing::Done {
         body.finish();
@@ -402,9 +410,6 @@ fn respond<T>(
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
-    if complete {
-        resp.extensions_mut().insert(Complete);
-    }
     Ok(resp)
 }
 
@@ -539,6 +544,40 @@ impl<T: AsyncRead + Unpin> Body for LeanBody<T> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        match this.poll_body(cx) {
+            Poll::Pending => match &mut this.idle {
+                Some(timer) => timer.poll_silent(cx).map(|e| Some(Err(e))),
+                None => Poll::Pending,
+            },
+            ready => {
+                if let Some(timer) = &mut this.idle {
+                    timer.heard();
+                }
+                ready
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ready.is_none() && self.framing == Framing::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if let Some(data) = &self.ready {
+            return SizeHint::with_exact(data.len() as u64);
+        }
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> LeanBody<T> {
+    /// The next frame, read from the connection as needed.
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self;
         if let Some(data) = this.ready.take() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
@@ -620,21 +659,6 @@ impl<T: AsyncRead + Unpin> Body for LeanBody<T> {
             }
         }
     }
-
-    fn is_end_stream(&self) -> bool {
-        self.ready.is_none() && self.framing == Framing::Done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        if let Some(data) = &self.ready {
-            return SizeHint::with_exact(data.len() as u64);
-        }
-        match self.framing {
-            Framing::Length(n) => SizeHint::with_exact(n),
-            Framing::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        }
-    }
 }
 
 /// What the chunked decoder does next with the buffered bytes.
@@ -676,6 +700,7 @@ fn step(state: Chunk, buf: &[u8]) -> Result<Step, BoxError> {
 mod tests {
     use super::*;
     use http_body_util::BodyExt as _;
+    use std::time::Duration;
     use tokio::io::duplex;
 
     const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
@@ -727,7 +752,6 @@ mod tests {
             .await
             .map_err(|_| "exchange failed")
             .unwrap();
-        assert!(resp.extensions().get::<Complete>().is_some());
         assert_eq!(
             pool.lock().unwrap().len(),
             1,
@@ -736,6 +760,38 @@ mod tests {
         assert_eq!(resp.body().size_hint().exact(), Some(5));
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"hello");
+    }
+
+    /// A body whose upstream goes silent for longer than its limit fails;
+    /// one that keeps sending does not.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_body_fails_after_its_limit() {
+        let (near, mut far) = duplex(1 << 16);
+        far.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+            .await
+            .unwrap();
+        let resp = exchange(Conn::new(near), GET, false, None)
+            .await
+            .map_err(|_| "exchange failed")
+            .unwrap();
+        let mut body = resp.into_body();
+        body.limit_silence(Duration::from_secs(5));
+        let start = tokio::time::Instant::now();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"abc");
+        // Four seconds of silence, then more: still going.
+        let feed = async {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            far.write_all(b"de").await.unwrap();
+            far
+        };
+        let (next, mut far) = tokio::join!(body.frame(), feed);
+        assert_eq!(&next.unwrap().unwrap().into_data().unwrap()[..], b"de");
+        // Then silence for good: cut once the limit has passed.
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.caused_by::<crate::body::BodyTimeout>(), "{err}");
+        assert_eq!(tokio::time::Instant::now() - start, Duration::from_secs(9));
+        far.shutdown().await.unwrap();
     }
 
     #[tokio::test]

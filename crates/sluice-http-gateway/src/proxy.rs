@@ -651,14 +651,18 @@ impl Gateway {
         // anything else — no body, or a small declared one (an event, a
         // login) — gets `upstream_timeout` to start answering.
         let small = up_req.body().is_end_stream() || declared.is_some_and(|n| n <= 64 * 1024);
+        // The upstream's silence between parts of its answer's body is
+        // bounded like its silence before the head (long polls aside): a
+        // body that stalls must not hold the request's slots for ever.
+        let silence = (!route.long_poll).then_some(self.shared.cfg.upstream_timeout);
         let sent = if route.long_poll || !small {
-            self.send(up_req, extra.as_ref()).await
+            self.send(up_req, extra.as_ref(), silence).await
         } else {
             match ctx
                 .deadline
                 .within(
                     self.shared.cfg.upstream_timeout,
-                    self.send(up_req, extra.as_ref()),
+                    self.send(up_req, extra.as_ref(), silence),
                 )
                 .await
             {
@@ -674,11 +678,14 @@ impl Gateway {
                 }
             }
         };
+        // A lean answer times its own silences (`h1::LeanBody`).
+        let mut timed = false;
         let mut resp = match sent {
             Ok((r, lent)) => {
                 // Back to the worker's stack once the answer has been sent.
-                if let Some(lent) = lent {
-                    held.push(Box::new(lent));
+                match lent {
+                    Some(lent) => held.push(Box::new(lent)),
+                    None => timed = true,
                 }
                 r
             }
@@ -797,7 +804,7 @@ impl Gateway {
         // The upstream's silence between body frames is bounded like its
         // silence before the head (long polls aside): a body that stalls
         // must not hold the request's slots for ever.
-        if !route.long_poll && !out_body.is_end_stream() && parts.extensions.get::<h1::Complete>().is_none() {
+        if !route.long_poll && !timed && !out_body.is_end_stream() {
             out_body = IdleLimited::new(out_body, self.shared.cfg.upstream_timeout).boxed();
         }
         if !held.is_empty() {
@@ -816,17 +823,25 @@ impl Gateway {
     ///
     /// `extra`: forwarding fields kept out of the map (a request from the
     /// lean client side, always bodiless, so always sent the lean way).
+    ///
+    /// `silence`: the longest pause allowed inside a lean answer's body
+    /// (the caller wraps hyper's answers itself).
     async fn send(
         &self,
         mut req: Request<ProxyBody>,
         extra: Option<&ForwardingFields>,
+        silence: Option<Duration>,
     ) -> Result<(Response<ProxyBody>, Option<Lent>), body::BoxError> {
         // The body decides too: hop-by-hop stripping has removed a
         // request's `Transfer-Encoding` by now, but not its chunks.
         if (extra.is_some() || h1::eligible(req.method(), req.headers())) && req.body().is_end_stream() {
             let (parts, _empty) = req.into_parts();
             let extra = extra.map_or(&[][..], |e| &e[..]);
-            return self.upstream.send_lean(&parts, extra).await.map(|r| (r, None));
+            return self
+                .upstream
+                .send_lean(&parts, extra, silence)
+                .await
+                .map(|r| (r, None));
         }
         if let Some(extra) = extra {
             // Not sent the lean way after all (a body came to be): the
@@ -1095,7 +1110,7 @@ impl Gateway {
             .header(header::AUTHORIZATION, auth)
             .body(body::empty())
             .map_err(|_| ())?;
-        let (resp, _lent) = tokio::time::timeout(Duration::from_secs(5), self.send(req, None))
+        let (resp, _lent) = tokio::time::timeout(Duration::from_secs(5), self.send(req, None, None))
             .await
             .map_err(|_| ())?
             .map_err(|_| ())?;

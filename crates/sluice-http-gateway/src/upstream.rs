@@ -257,6 +257,7 @@ impl Upstream {
         &self,
         parts: &hyper::http::request::Parts,
         extra: &[(HeaderName, Option<HeaderValue>)],
+        silence: Option<std::time::Duration>,
     ) -> Result<Response<ProxyBody>, BoxError> {
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut head = Vec::with_capacity(512);
@@ -289,7 +290,12 @@ impl Upstream {
                 None => (h1::Conn::new(Box::pin(self.dial()).await?), false),
             };
             match h1::exchange(conn, &head, head_only, Some(self.lean.clone())).await {
-                Ok(resp) => return Ok(resp.map(|b| b.boxed())),
+                Ok(mut resp) => {
+                    if let Some(limit) = silence {
+                        resp.body_mut().limit_silence(limit);
+                    }
+                    return Ok(resp.map(|b| b.boxed()));
+                }
                 Err(h1::ExchangeError::Stale(_)) if reused && !retried => retried = true,
                 Err(h1::ExchangeError::Stale(e) | h1::ExchangeError::Failed(e)) => return Err(e),
             }
