@@ -19,6 +19,13 @@
 //! error); otherwise until the upstream closes. A connection goes back to
 //! the worker's stack only when its body was read to the end, the answer
 //! was HTTP/1.1 without `Connection: close`, and nothing followed it.
+//!
+//! What the gateway does not forward is dropped while parsing: the
+//! answer's `Connection` (when it only says `close` or `keep-alive`) and
+//! `Keep-Alive`. Field values share the head's bytes. A body that came
+//! with its head is taken whole, and its connection goes back at once. A
+//! body still to come times its own silences
+//! ([`LeanBody::limit_silence`]).
 
 use std::future::Future as _;
 use std::pin::Pin;
