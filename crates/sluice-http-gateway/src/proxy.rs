@@ -89,7 +89,7 @@ pub(crate) struct Shared {
 
 /// One HTTP gateway: cheap to clone. The state (caches, counters, long-poll
 /// slots) is shared by every clone; the upstream connections are shared by
-/// clones, but each worker makes its own with [`Gateway::for_worker`], so a
+/// clones, but each worker makes its own with `Gateway::for_worker`, so a
 /// worker's requests never wait on another worker's runtime.
 #[derive(Clone)]
 pub struct Gateway {
