@@ -59,6 +59,9 @@ const READ_CHUNK: usize = 8 * 1024;
 /// Body bytes copied behind the head into one write; more are written
 /// on their own.
 const COALESCE: usize = 16 * 1024;
+/// Write buffer kept between a connection's answers; a larger one (grown
+/// for a large answer) is let go.
+const SMALL_ANSWER: usize = 4 * 1024;
 
 /// How a connection left the lean path.
 pub(crate) enum Outcome<S> {
@@ -154,6 +157,15 @@ where
                 let _ = io.shutdown().await;
                 return Outcome::Closed;
             }
+        }
+        if out.capacity() > SMALL_ANSWER {
+            // A large answer's buffer is not kept while the connection
+            // idles: ten thousand idle clients would hold 16 KiB each.
+            out = Vec::new();
+        }
+        if buf.is_empty() && buf.capacity() > 2 * READ_CHUNK {
+            // Nor is a read buffer grown for a large head.
+            buf = BytesMut::new();
         }
     }
 }
