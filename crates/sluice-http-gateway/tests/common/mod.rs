@@ -29,6 +29,9 @@ pub struct Seen {
     pub whoami: AtomicU64,
     /// Requests being held (`/hold`, `/sync`, JMAP event source).
     pub held: AtomicU64,
+    /// Held requests dropped unanswered (the gateway let their
+    /// connection go).
+    pub abandoned: AtomicU64,
     /// Permits to finish held requests, added by tests.
     pub release: Semaphore,
 }
@@ -104,9 +107,21 @@ async fn upstream(req: Request<Incoming>, seen: Arc<Seen>) -> Response<UpBody> {
     }
     if path.ends_with("/hold") || path.ends_with("/sync") || path.ends_with("/eventsource/") {
         seen.held.fetch_add(1, Ordering::SeqCst);
+        // Counts the request as abandoned unless it is answered: hyper
+        // drops this future when the gateway closes the connection.
+        struct Abandoned(Option<Arc<Seen>>);
+        impl Drop for Abandoned {
+            fn drop(&mut self) {
+                if let Some(seen) = self.0.take() {
+                    seen.abandoned.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        let mut abandoned = Abandoned(Some(seen.clone()));
         if let Ok(p) = seen.release.acquire().await {
             p.forget();
         }
+        abandoned.0 = None;
         return json_resp(StatusCode::OK, json!({"held": true}));
     }
     if path.ends_with("/trickle") {
@@ -251,6 +266,7 @@ pub async fn start_upstream_with(tls: UpTls) -> (SocketAddr, Arc<Seen>) {
         body_bytes: AtomicU64::new(0),
         whoami: AtomicU64::new(0),
         held: AtomicU64::new(0),
+        abandoned: AtomicU64::new(0),
         release: Semaphore::new(0),
     });
     let s = seen.clone();
