@@ -77,13 +77,25 @@ impl IdleTimer {
         }
     }
 
-    /// The body produced something (a frame, its end or an error).
-    pub(crate) fn heard(&mut self) {
-        self.armed = false;
+    /// `polled` (a body's frame, or its silence) with the timer applied:
+    /// a frame disarms it, a silence arms it and fails once it has lasted
+    /// `limit`.
+    pub(crate) fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<Option<Result<T, BoxError>>>,
+    ) -> Poll<Option<Result<T, BoxError>>> {
+        match polled {
+            Poll::Pending => self.poll_silent(cx).map(|e| Some(Err(e))),
+            ready => {
+                self.armed = false;
+                ready
+            }
+        }
     }
 
     /// The body is silent: the error once it has been for `limit`.
-    pub(crate) fn poll_silent(&mut self, cx: &mut Context<'_>) -> Poll<BoxError> {
+    fn poll_silent(&mut self, cx: &mut Context<'_>) -> Poll<BoxError> {
         if !self.armed {
             self.armed = true;
             let at = tokio::time::Instant::now() + self.limit;
@@ -127,13 +139,8 @@ impl Body for IdleLimited {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.timer.heard();
-                Poll::Ready(frame)
-            }
-            Poll::Pending => this.timer.poll_silent(cx).map(|e| Some(Err(e))),
-        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.timer.watch(cx, polled)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -90,6 +90,7 @@ pub(crate) async fn serve<S>(gw: &Gateway, mut io: S, ctx: &mut ConnCtx, stoppin
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    ctx.lean = true;
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     loop {
@@ -133,7 +134,6 @@ where
         let head_only = parts.method == Method::HEAD;
         let route = gw.route(&parts, false);
         let long_poll = route.long_poll;
-        ctx.lean = true;
         let handling = gw.handle_parts(parts, route, body::empty(), None, ctx);
         let resp = if long_poll {
             // A long poll held open for a client that has gone would keep
@@ -338,7 +338,7 @@ enum Framing {
 /// with it what the body holds: the long-poll slot, the upstream
 /// exchange) — an event stream's head comes at once, then nothing for
 /// minutes.
-async fn write_response<S>(
+pub(crate) async fn write_response<S>(
     io: &mut S,
     out: &mut Vec<u8>,
     resp: Response<ProxyBody>,
@@ -492,7 +492,8 @@ where
     Ok(complete && left.is_none_or(|n| n == 0))
 }
 
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// One field line: `name: value` and CRLF.
+pub(crate) fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

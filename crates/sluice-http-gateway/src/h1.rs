@@ -130,10 +130,7 @@ pub(crate) fn encode_head(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let extra = extra.iter().filter_map(|(n, v)| v.as_ref().map(|v| (n, v)));
     for (name, value) in headers.iter().chain(extra) {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        crate::front::field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -551,17 +548,10 @@ impl<T: AsyncRead + Unpin> Body for LeanBody<T> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match this.poll_body(cx) {
-            Poll::Pending => match &mut this.idle {
-                Some(timer) => timer.poll_silent(cx).map(|e| Some(Err(e))),
-                None => Poll::Pending,
-            },
-            ready => {
-                if let Some(timer) = &mut this.idle {
-                    timer.heard();
-                }
-                ready
-            }
+        let polled = this.poll_body(cx);
+        match &mut this.idle {
+            Some(timer) => timer.watch(cx, polled),
+            None => polled,
         }
     }
 

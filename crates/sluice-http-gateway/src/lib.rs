@@ -66,7 +66,7 @@ use hyper_util::rt::TokioIo;
 use sluice_config::HttpGateway;
 use sluice_core::Request as Ask;
 use sluice_server::App;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 pub use proxy::Gateway;
@@ -223,8 +223,10 @@ async fn accepted(
             // plain bytes would be garbage to a TLS client, and a handshake
             // for every refused connection is the work the limit saves.
             if acceptor.is_none() {
+                let protocol = gw.shared.cfg.protocol;
+                let resp = respond::denied(protocol, protocol == sluice_config::HttpProtocol::Matrix, &d);
                 let mut stream = stream;
-                let _ = stream.write_all(&refusal(&gw, &d).await).await;
+                let _ = front::write_response(&mut stream, &mut Vec::new(), resp, false, false, None).await;
             }
             return;
         }
@@ -273,27 +275,6 @@ fn connection_slot(
             }
         }
     }
-}
-
-/// A refused connection's only response, as bytes: status, headers, body.
-async fn refusal(gw: &Gateway, d: &sluice_core::Decision) -> Vec<u8> {
-    use http_body_util::BodyExt as _;
-    let protocol = gw.shared.cfg.protocol;
-    let resp = respond::denied(protocol, protocol == sluice_config::HttpProtocol::Matrix, d);
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    let reason = parts.status.canonical_reason().unwrap_or("");
-    let mut out = format!("HTTP/1.1 {} {reason}\r\n", parts.status.as_u16()).into_bytes();
-    for (k, v) in &parts.headers {
-        out.extend_from_slice(k.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(v.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    let tail = format!("content-length: {}\r\nconnection: close\r\n\r\n", body.len());
-    out.extend_from_slice(tail.as_bytes());
-    out.extend_from_slice(&body);
-    out
 }
 
 async fn connection<S>(

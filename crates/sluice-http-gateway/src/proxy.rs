@@ -130,8 +130,9 @@ pub(crate) struct ConnCtx {
     pub deadline: Deadline,
     /// The forwarding fields made for a direct client.
     pub forwarding: Option<Forwarding>,
-    /// The request is one the lean client side took ([`crate::front`]): a
-    /// bodiless `GET`/`HEAD`, so [`h1::eligible`] need not look again.
+    /// The connection is on the lean client side ([`crate::front`]): its
+    /// requests are bodiless `GET`/`HEAD`s, so [`h1::eligible`] need not
+    /// look again. Set once, when that side takes the connection.
     pub lean: bool,
 }
 
@@ -638,12 +639,16 @@ impl Gateway {
         // Hop-by-hop fields first: a `Connection` naming the forwarding
         // fields must not remove the ones written here.
         strip_hop_by_hop(&mut parts.headers, upgrade);
+        // A request from the lean client side with nothing to send is sure
+        // to take the lean exchange, which writes the forwarding fields
+        // itself (`send`).
+        let lean_exchange = ctx.lean && up_body.is_end_stream();
         let extra = self.rewrite_forwarding(
             &mut parts.headers,
             &origin,
             host.as_deref(),
             &mut ctx.forwarding,
-            ctx.lean,
+            lean_exchange,
         );
         let up_req = Request::from_parts(parts, up_body);
         // A long poll waits as long as the upstream holds it, and an upload
@@ -821,8 +826,9 @@ impl Gateway {
     /// the rest hyper's client, whose connection comes back as a [`Lent`]
     /// to hold until the response body is done with.
     ///
-    /// `extra`: forwarding fields kept out of the map (a request from the
-    /// lean client side, always bodiless, so always sent the lean way).
+    /// `extra`: forwarding fields kept out of the map, given only for a
+    /// bodiless request from the lean client side, which the first branch
+    /// below always takes.
     ///
     /// `silence`: the longest pause allowed inside a lean answer's body
     /// (the caller wraps hyper's answers itself).
@@ -842,20 +848,6 @@ impl Gateway {
                 .send_lean(&parts, extra, silence)
                 .await
                 .map(|r| (r, None));
-        }
-        if let Some(extra) = extra {
-            // Not sent the lean way after all (a body came to be): the
-            // forwarding fields go into the map, as for any other request.
-            for (k, v) in extra {
-                match v {
-                    Some(v) => {
-                        req.headers_mut().insert(k.clone(), v.clone());
-                    }
-                    None => {
-                        req.headers_mut().remove(k);
-                    }
-                }
-            }
         }
         // Origin form (`/path?query`): the upstream's base has no path.
         let pq = req
