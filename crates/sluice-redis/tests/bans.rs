@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 
-use sluice_core::{Ban, BanSource, Engine, FakeClock, Policy, Target};
+use sluice_core::{Engine, FakeClock, Policy, Target};
 use sluice_redis::{BanSync, RedisStore, TimeSource};
 
 struct Instance {
@@ -58,13 +58,7 @@ fn a_lost_hash_is_refilled_and_lifts_nothing() {
     let prefix = opts.key_prefix.clone();
     let (mut a, mut b) = (instance(&rt, opts.clone()), instance(&rt, opts));
     let t: Target = "ip:198.51.100.0/24".parse().unwrap();
-    a.engine.bans().insert(Ban {
-        target: t.clone(),
-        reason: "spam".into(),
-        created: a.engine.now(),
-        expires: None,
-        source: BanSource::Manual,
-    });
+    a.engine.ban(t.clone(), None, "spam");
     assert!(!a.sync(&rt), "publishing changes nothing here");
     assert!(b.sync(&rt), "taking a ban from the hash is a local change");
     assert!(b.banned(&t));

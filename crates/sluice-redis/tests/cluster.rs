@@ -18,8 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::{
-    Ban, BanSource, Engine, FakeClock, Limit, LimitKind, Mode, Per, Policy, Request, Scope, Side, Target,
-    TargetKind,
+    Engine, FakeClock, Limit, LimitKind, Mode, Per, Policy, Request, Scope, Side, Target, TargetKind,
 };
 use sluice_redis::{BanSync, Options, RedisStore, TimeSource};
 
@@ -368,13 +367,7 @@ fn bans_are_shared_on_a_cluster() {
     b.url.clone_from(&urls[1]);
     let (a, b) = (instance(&rt, &p, a), instance(&rt, &p, b));
     let t: Target = "ip:198.51.100.0/24".parse().unwrap();
-    a.engine.bans().insert(Ban {
-        target: t.clone(),
-        reason: "spam".into(),
-        created: a.engine.now(),
-        expires: None,
-        source: BanSource::Manual,
-    });
+    a.engine.ban(t.clone(), None, "spam");
     rt.block_on(async {
         let mut base_a = BanSync::new();
         let mut base_b = BanSync::new();

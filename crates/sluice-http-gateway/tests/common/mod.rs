@@ -442,6 +442,16 @@ impl Harness {
         })
     }
 
+    /// Whether one of `t`'s buckets is empty (a limit it has spent).
+    pub fn spent(&self, t: &sluice_core::Target) -> bool {
+        self.app
+            .engine()
+            .inspect(t)
+            .unwrap()
+            .iter()
+            .any(|l| l.remaining == 0)
+    }
+
     /// Waits until `n` requests are held by the upstream.
     pub async fn wait_held(&self, n: u64) {
         while self.seen.held.load(Ordering::SeqCst) < n {
