@@ -43,6 +43,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
 use crate::body::{self, ProxyBody};
+use crate::h1;
 use crate::proxy::ConnCtx;
 use crate::Gateway;
 
@@ -357,11 +358,17 @@ where
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    // The upstream's field lines as it wrote them, when they need no
+    // change ([`h1::RawFields`]); the map then holds only the gateway's.
+    let raw = parts.extensions.get::<h1::RawFields>();
+    let declared = match raw {
+        Some(raw) => raw.content_length(),
+        None => parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .and_then(|v| v.parse::<u64>().ok()),
+    };
     let bodiless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = if bodiless || head_only {
         Framing::None
@@ -372,6 +379,9 @@ where
     } else {
         Framing::Chunked
     };
+    if let Some(raw) = raw {
+        raw.write(out);
+    }
     for (name, value) in &parts.headers {
         // Framing is this hop's: the gateway writes its own. A 204 has no
         // length at all (RFC 9110 §8.6).
@@ -398,7 +408,7 @@ where
         Framing::Chunked => field(out, b"transfer-encoding", b"chunked"),
         _ => {}
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !raw.is_some_and(h1::RawFields::has_date) && !parts.headers.contains_key(header::DATE) {
         date(out);
     }
     if !keep {

@@ -215,8 +215,8 @@ where
                     conn.buf.advance(n);
                     continue;
                 }
-                Some(Parsed::Final(status, headers, said)) => {
-                    return respond(conn, status, headers, said, head_only, pool)
+                Some(Parsed::Final(status, fields, said)) => {
+                    return respond(conn, status, fields, said, head_only, pool)
                         .map_err(ExchangeError::Failed);
                 }
                 None if conn.buf.len() > MAX_HEAD => {
@@ -250,16 +250,146 @@ enum Parsed {
     Interim(usize),
     /// The final answer (taken off the buffer): status, fields, and what
     /// the head said of its connection.
-    Final(StatusCode, HeaderMap, Head),
+    Final(StatusCode, Fields, Head),
+}
+
+/// An answer's fields: as the upstream wrote them when they can go to
+/// the client as they are, otherwise in a map.
+enum Fields {
+    Raw(RawFields),
+    Map(HeaderMap),
+}
+
+/// Most runs of field lines a [`RawFields`] keeps: each `Connection` or
+/// `Keep-Alive` line left out splits one run in two.
+const RUNS: usize = 4;
+
+/// The usual answer's fields, passed on to the client as the upstream
+/// wrote them: its field lines, less `Connection` (`close` or
+/// `keep-alive` only) and `Keep-Alive`.
+///
+/// Why: building a header map of the answer (a checked name and a hashed
+/// insert per field), then writing it out field by field and dropping it,
+/// was a fifth of the lean path's instructions per proxied request
+/// (docs/benchmarks.md, "HTTP gateway"). An answer qualifies when nothing
+/// in it needs changing on the way: lines ending in CRLF, no hop-by-hop
+/// field but those two, no transfer coding, at most one `Content-Length`
+/// in canonical form, and a status other than 204 and 304 (whose length
+/// fields the gateway may have to drop). Any other answer is parsed into
+/// a map as before. `httparse` has checked every name and value, as hyper
+/// does before trusting them.
+///
+/// It travels in the response's extensions with an empty map beside it,
+/// to which the gateway adds its own fields (`RateLimit`); whatever
+/// writes the answer writes these lines first ([`crate::front`]), or puts
+/// them into the map ([`RawFields::into_map`], for hyper's server).
+#[derive(Clone, Debug)]
+pub(crate) struct RawFields {
+    /// The whole head, status line to blank line.
+    head: Bytes,
+    /// Byte ranges of `head` passed on, each whole CRLF-ended lines.
+    runs: [(u32, u32); RUNS],
+    used: u8,
+    length: Option<u64>,
+    date: bool,
+}
+
+impl RawFields {
+    /// Appends the field lines to `out`.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        for &(start, end) in &self.runs[..usize::from(self.used)] {
+            out.extend_from_slice(&self.head[start as usize..end as usize]);
+        }
+    }
+
+    /// The answer's `Content-Length`.
+    pub(crate) fn content_length(&self) -> Option<u64> {
+        self.length
+    }
+
+    /// Whether the answer has a `Date`.
+    pub(crate) fn has_date(&self) -> bool {
+        self.date
+    }
+
+    /// Puts the fields into `map`, before those already there (hyper's
+    /// server writes the map).
+    pub(crate) fn into_map(self, map: &mut HeaderMap) {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut fields);
+        let mut all = HeaderMap::with_capacity(8 + map.len());
+        // It parsed once: it parses again.
+        if resp.parse(&self.head).is_ok() {
+            for f in resp.headers.iter() {
+                let name = f.name.as_bytes();
+                if name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"keep-alive") {
+                    continue;
+                }
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name),
+                    HeaderValue::from_maybe_shared(self.head.slice_ref(f.value)),
+                ) {
+                    all.append(n, v);
+                }
+            }
+        }
+        let mut last = None;
+        for (name, value) in std::mem::take(map) {
+            // `into_iter` gives a name only with a field's first value.
+            if let Some(name) = name {
+                last = Some(name);
+            }
+            if let Some(name) = &last {
+                all.append(name.clone(), value);
+            }
+        }
+        *map = all;
+    }
+}
+
+/// Puts an answer's [`RawFields`], if it has any, into its map: for a
+/// writer that knows only the map (hyper's server).
+pub(crate) fn fields_into_map(parts: &mut hyper::http::response::Parts) {
+    if let Some(raw) = parts.extensions.remove::<RawFields>() {
+        raw.into_map(&mut parts.headers);
+    }
+}
+
+/// Names of the hop-by-hop fields an answer passed on raw must not have
+/// (`Connection` and `Keep-Alive` are dropped from it instead).
+fn hop_by_hop(name: &[u8]) -> bool {
+    let candidates: &[&[u8]] = match name.len() {
+        2 => &[b"te"],
+        7 => &[b"trailer", b"upgrade"],
+        16 => &[b"proxy-connection"],
+        17 => &[b"transfer-encoding"],
+        18 => &[b"proxy-authenticate"],
+        19 => &[b"proxy-authorization"],
+        _ => return false,
+    };
+    candidates.iter().any(|c| name.eq_ignore_ascii_case(c))
+}
+
+/// A `Content-Length` value in canonical form (digits only, no leading
+/// zero, short enough not to overflow).
+fn canonical_digits(b: &[u8]) -> Option<u64> {
+    ((1..=19).contains(&b.len()) && b.iter().all(u8::is_ascii_digit) && (b[0] != b'0' || b.len() == 1))
+        .then(|| b.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// Parses a response head at the start of `buf`: `None` if incomplete. A
-/// final answer's head is taken off `buf`, its field values sharing its
-/// bytes (no copy, no allocation per field).
+/// final answer's head is taken off `buf`; its fields stay as written
+/// ([`RawFields`]) or go into a map whose values share the head's bytes
+/// (no copy, no allocation per field).
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, BoxError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut fields);
-    let n = match resp.parse(buf) {
+    // Uninitialised slots: no 4 KiB of zeroes written per answer.
+    let mut fields = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let n = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut fields,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(invalid("malformed upstream response head")),
@@ -274,14 +404,32 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, BoxError> {
     }
     let status = StatusCode::from_u16(code).map_err(|_| invalid("invalid upstream status"))?;
     let said_http11 = resp.version == Some(1);
-    let mut close = false;
     let base = buf.as_ptr() as usize;
-    let mut kept = Vec::with_capacity(resp.headers.len());
+    let bytes: &[u8] = buf;
+
+    // First pass: what the head says of its connection, and whether its
+    // lines can go on as they are.
+    let mut close = false;
+    let mut raw = status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+        && bytes[..n].ends_with(b"\r\n\r\n");
+    let mut runs = [(0u32, 0u32); RUNS];
+    let mut used = 0;
+    // Start of the run being gathered; `None` after a line left out.
+    let mut run: Option<usize> = None;
+    let mut length = None;
+    let mut date = false;
+    // Whether a `Connection` names more than `close` and `keep-alive`.
+    let mut named = false;
     for f in resp.headers.iter() {
         let name = f.name.as_bytes();
+        let start = name.as_ptr() as usize - base;
+        raw &= start >= 2 && &bytes[start - 2..start] == b"\r\n";
+        let run_start = *run.get_or_insert(start);
         // This hop's own fields, in their usual form, are read here and
         // not passed on: `Connection: keep-alive` or `close` (anything
         // else it names is left for `strip_hop_by_hop`) and `Keep-Alive`.
+        let mut drop = false;
         if name.eq_ignore_ascii_case(b"connection") {
             let mut other = false;
             for t in f.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
@@ -291,10 +439,70 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, BoxError> {
                     other = true;
                 }
             }
-            if !other {
-                continue;
-            }
+            named |= other;
+            drop = !other;
         } else if name.eq_ignore_ascii_case(b"keep-alive") {
+            drop = true;
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            match canonical_digits(f.value) {
+                Some(v) if length.is_none() => length = Some(v),
+                _ => raw = false,
+            }
+        } else if name.eq_ignore_ascii_case(b"date") {
+            date = true;
+        } else if hop_by_hop(name) {
+            raw = false;
+        }
+        if drop {
+            if start > run_start {
+                if used == RUNS {
+                    raw = false;
+                } else {
+                    runs[used] = (run_start as u32, start as u32);
+                    used += 1;
+                }
+            }
+            run = None;
+        }
+    }
+    if let Some(run_start) = run {
+        if used == RUNS {
+            raw = false;
+        } else if n - 2 > run_start {
+            runs[used] = (run_start as u32, (n - 2) as u32);
+            used += 1;
+        }
+    }
+    raw &= !named && u32::try_from(n).is_ok();
+    if raw {
+        let head = buf.split_to(n).freeze();
+        return Ok(Some(Parsed::Final(
+            status,
+            Fields::Raw(RawFields {
+                head,
+                runs,
+                used: used as u8,
+                length,
+                date,
+            }),
+            Head {
+                http11: said_http11,
+                close,
+            },
+        )));
+    }
+
+    let mut kept = Vec::with_capacity(resp.headers.len());
+    for f in resp.headers.iter() {
+        let name = f.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"keep-alive") {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"connection")
+            && f.value.split(|&b| b == b',').map(<[u8]>::trim_ascii).all(|t| {
+                t.is_empty() || t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive")
+            })
+        {
             continue;
         }
         let name = HeaderName::from_bytes(name).map_err(|_| invalid("invalid upstream header name"))?;
@@ -312,7 +520,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, BoxError> {
     }
     Ok(Some(Parsed::Final(
         status,
-        headers,
+        Fields::Map(headers),
         Head {
             http11: said_http11,
             close,
@@ -345,7 +553,7 @@ pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> 
 fn respond<T>(
     conn: Conn<T>,
     status: StatusCode,
-    mut headers: HeaderMap,
+    fields: Fields,
     said: Head,
     head_only: bool,
     pool: Option<Pool<T>>,
@@ -354,7 +562,19 @@ fn respond<T>(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let framing = if headers.contains_key(header::TRANSFER_ENCODING) {
+    let (mut headers, raw) = match fields {
+        Fields::Raw(raw) => (HeaderMap::new(), Some(raw)),
+        Fields::Map(headers) => (headers, None),
+    };
+    let framing = if let Some(raw) = &raw {
+        // No transfer coding, one canonical length at most.
+        match raw.length {
+            _ if bodiless => Framing::Done,
+            Some(0) => Framing::Done,
+            Some(n) => Framing::Length(n),
+            None => Framing::Eof,
+        }
+    } else if headers.contains_key(header::TRANSFER_ENCODING) {
         // Chunked only when it is the last coding; otherwise the body runs
         // until the connection closes (RFC 9112 §6.3).
         let last = headers
@@ -414,6 +634,9 @@ fn respond<T>(
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
+    if let Some(raw) = raw {
+        resp.extensions_mut().insert(raw);
+    }
     Ok(resp)
 }
 
@@ -720,7 +943,8 @@ mod tests {
         });
         let out = match exchange(Conn::new(near), GET, head_only, Some(pool.clone())).await {
             Ok(resp) => {
-                let (parts, body) = resp.into_parts();
+                let (mut parts, body) = resp.into_parts();
+                fields_into_map(&mut parts);
                 match body.collect().await {
                     Ok(c) => Ok((parts.status, parts.headers, c.to_bytes())),
                     Err(e) => Err(e.to_string()),
@@ -991,6 +1215,117 @@ mod tests {
         assert_eq!(
             out,
             b"GET /_matrix/client/v3/sync?since=s1 HTTP/1.1\r\nhost: hs.example\r\nx-forwarded-for: 203.0.113.7\r\nx-real-ip: 203.0.113.7\r\n\r\n"
+        );
+    }
+
+    /// The fields of a parsed final answer, and what is left in the buffer.
+    fn fields_of(head: &[u8]) -> (Fields, Head) {
+        let mut buf = BytesMut::from(head);
+        match parse_head(&mut buf) {
+            Ok(Some(Parsed::Final(_, fields, said))) => (fields, said),
+            _ => panic!("not a final answer: {:?}", String::from_utf8_lossy(head)),
+        }
+    }
+
+    fn raw_of(head: &[u8]) -> RawFields {
+        match fields_of(head).0 {
+            Fields::Raw(raw) => raw,
+            Fields::Map(_) => panic!("not passed raw: {:?}", String::from_utf8_lossy(head)),
+        }
+    }
+
+    fn written(raw: &RawFields) -> String {
+        let mut out = Vec::new();
+        raw.write(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn usual_answers_pass_on_as_written_less_this_hops_fields() {
+        let raw = raw_of(b"HTTP/1.1 200 OK\r\nServer: up\r\nDate: Mon, 07 Dec 2026 09:00:00 GMT\r\nContent-Length: 19\r\n\r\n");
+        assert_eq!(
+            written(&raw),
+            "Server: up\r\nDate: Mon, 07 Dec 2026 09:00:00 GMT\r\nContent-Length: 19\r\n"
+        );
+        assert_eq!(raw.content_length(), Some(19));
+        assert!(raw.has_date());
+
+        // `Connection` and `Keep-Alive` lines are left out wherever they
+        // are; what they said is kept.
+        let head = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nA: 1\r\nKeep-Alive: timeout=5\r\nB:  2 \r\nconnection: close\r\nC: 3\r\n\r\n";
+        let (fields, said) = fields_of(head);
+        let Fields::Raw(raw) = fields else {
+            panic!("not raw")
+        };
+        assert_eq!(written(&raw), "A: 1\r\nB:  2 \r\nC: 3\r\n");
+        assert!(said.close);
+        assert_eq!(raw.content_length(), None);
+        assert!(!raw.has_date());
+
+        // Nothing at all to pass on.
+        let raw = raw_of(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n");
+        assert_eq!(written(&raw), "");
+        let raw = raw_of(b"HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(written(&raw), "");
+    }
+
+    #[test]
+    fn answers_that_need_a_change_are_parsed_into_a_map() {
+        for head in [
+            // A transfer coding: the gateway frames the body itself.
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            // Lengths to check or to make canonical.
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 05\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+            // Statuses whose length the gateway may drop.
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+            // Hop-by-hop fields to remove, or named by `Connection`.
+            b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTrailer: Expires\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nUpgrade: h2c\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nProxy-Authenticate: Basic\r\n\r\n",
+            // Lines not ended by CRLF are not copied to a client.
+            b"HTTP/1.1 200 OK\nA: 1\n\n",
+            b"HTTP/1.1 200 OK\r\nA: 1\nB: 2\r\n\r\n",
+        ] {
+            assert!(
+                matches!(fields_of(head).0, Fields::Map(_)),
+                "{:?} passed raw",
+                String::from_utf8_lossy(head)
+            );
+        }
+        // More runs than kept: a map too, with nothing lost.
+        let head = b"HTTP/1.1 200 OK\r\nA: 1\r\nKeep-Alive: 1\r\nB: 2\r\nKeep-Alive: 2\r\nC: 3\r\nKeep-Alive: 3\r\nD: 4\r\nKeep-Alive: 4\r\nE: 5\r\n\r\n";
+        let Fields::Map(map) = fields_of(head).0 else {
+            panic!("raw")
+        };
+        assert_eq!(map.len(), 5);
+        assert!(!map.contains_key("keep-alive"));
+    }
+
+    #[test]
+    fn raw_fields_go_into_a_map_before_the_gateways() {
+        let raw = raw_of(b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nConnection: keep-alive\r\nSet-Cookie: b=2\r\nContent-Length: 3\r\n\r\n");
+        let mut map = HeaderMap::new();
+        map.append("ratelimit", HeaderValue::from_static("\"p\";r=1;t=1"));
+        map.append("ratelimit-policy", HeaderValue::from_static("\"p\";q=2;w=60"));
+        raw.into_map(&mut map);
+        let all: Vec<(String, String)> = map
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        let pairs: Vec<(&str, &str)> = all.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("set-cookie", "a=1"),
+                ("set-cookie", "b=2"),
+                ("content-length", "3"),
+                ("ratelimit", "\"p\";r=1;t=1"),
+                ("ratelimit-policy", "\"p\";q=2;w=60"),
+            ]
         );
     }
 }

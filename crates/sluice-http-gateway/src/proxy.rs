@@ -446,7 +446,11 @@ impl Gateway {
             incoming.map_err(body::BoxError::new).boxed()
         };
         let route = self.route(&parts, client_upgrade.is_some());
-        self.handle_parts(parts, route, body, client_upgrade, ctx).await
+        let resp = self.handle_parts(parts, route, body, client_upgrade, ctx).await;
+        // hyper's server writes the map only.
+        let (mut parts, body) = resp.into_parts();
+        h1::fields_into_map(&mut parts);
+        Response::from_parts(parts, body)
     }
 
     /// Which actions a request is ([`crate::route`]).
@@ -785,7 +789,11 @@ impl Gateway {
         }
         if route.cost == Cost::ResponseBytes && status.is_success() {
             if let Some(action) = route.action.as_deref() {
-                match content_length(&parts.headers) {
+                let length = match parts.extensions.get::<h1::RawFields>() {
+                    Some(raw) => raw.content_length(),
+                    None => content_length(&parts.headers),
+                };
+                match length {
                     Some(n) => {
                         let d = self.decide(&who, route.side, action, n, Mode::Check);
                         if !d.allowed {
@@ -802,6 +810,7 @@ impl Gateway {
                 }
             }
         }
+        // Fields passed on raw have none (`h1::RawFields`).
         strip_hop_by_hop(&mut parts.headers, false);
         if let Some(merged) = reports.merged() {
             sluice_server::rate_headers(merged, &mut parts.headers);

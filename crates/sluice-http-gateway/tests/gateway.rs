@@ -1418,6 +1418,59 @@ async fn heads_the_lean_path_leaves_are_answered_by_hyper() {
     assert!(got[0].0.starts_with("http/1.1 200"), "{}", got[0].0);
 }
 
+/// The upstream's own fields reach the client once each, with the
+/// gateway's `RateLimit` fields, whichever side serves the client: the
+/// lean one (which passes the usual answer's lines on as written) or
+/// hyper's (here for HTTP/1.0), and on a HEAD too.
+#[tokio::test]
+async fn upstream_fields_reach_the_client_the_same_on_both_sides() {
+    use tokio::io::AsyncWriteExt as _;
+    let h = start("matrix", TRUSTING, "").await;
+    let path = "/_matrix/client/v3/fields";
+    let mut heads = Vec::new();
+    for (version, method) in [("HTTP/1.1", "GET"), ("HTTP/1.0", "GET"), ("HTTP/1.1", "HEAD")] {
+        let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        s.write_all(format!("{method} {path} {version}\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let raw = read_to_close(&mut s).await;
+        let got = answers(&raw, &[method]);
+        let (head, body) = &got[0];
+        if method == "GET" {
+            assert_eq!(body, b"{}", "{head}");
+        }
+        // Field lines, less what each side writes its own way.
+        let mut fields: Vec<String> = head
+            .lines()
+            .skip(1)
+            .filter(|l| !l.is_empty() && !l.starts_with("date:") && !l.starts_with("connection:"))
+            .map(|l| {
+                // The remaining count moves with each request.
+                l.split(";r=").next().unwrap().to_owned()
+            })
+            .collect();
+        fields.sort();
+        assert!(
+            head.starts_with(&format!("{} 200", version.to_lowercase())),
+            "{head}"
+        );
+        assert_eq!(head.matches("\r\ndate: ").count(), 1, "{head}");
+        heads.push(fields);
+    }
+    let want = [
+        "cache-control: no-store",
+        "content-length: 2",
+        "ratelimit-policy: \"client.target.request.anonymous_ip\";q=100;w=60",
+        "ratelimit: \"client.target.request.anonymous_ip\"",
+        "set-cookie: a=1",
+        "set-cookie: b=2",
+        "x-upstream: yes",
+    ];
+    for fields in &heads {
+        assert_eq!(fields, &want, "{heads:?}");
+    }
+}
+
 /// At shutdown an idle kept-alive connection is closed at once, on the
 /// lean path and after the hand-over to hyper alike (the drain would
 /// otherwise wait for the clients to leave).

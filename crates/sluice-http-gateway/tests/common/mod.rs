@@ -124,6 +124,16 @@ async fn upstream(req: Request<Incoming>, seen: Arc<Seen>) -> Response<UpBody> {
         abandoned.0 = None;
         return json_resp(StatusCode::OK, json!({"held": true}));
     }
+    if path.ends_with("/fields") {
+        // Fields of its own, one of them twice, for what the client gets.
+        let mut r = Response::new(Full::new(Bytes::from_static(b"{}")).boxed());
+        let h = r.headers_mut();
+        h.append("set-cookie", "a=1".parse().unwrap());
+        h.append("x-upstream", "yes".parse().unwrap());
+        h.append("set-cookie", "b=2".parse().unwrap());
+        h.append("cache-control", "no-store".parse().unwrap());
+        return r;
+    }
     if path.ends_with("/trickle") {
         // One frame of body, then nothing more, ever.
         return Response::new(Stalled(false).boxed());
