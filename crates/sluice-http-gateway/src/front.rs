@@ -74,6 +74,23 @@ pub(crate) enum Outcome<S> {
     Handoff(S, Bytes),
 }
 
+/// Field lines an answer carries beside its map, filled by
+/// [`Gateway::handle_parts`] for this side's writer: the upstream's as it
+/// wrote them, and the gateway's own (`RateLimit`) already formatted. A
+/// forwarded answer takes no header map of its own this way.
+#[derive(Default)]
+pub(crate) struct Lines {
+    pub(crate) upstream: Option<h1::RawFields>,
+    pub(crate) gateway: Vec<u8>,
+}
+
+impl Lines {
+    fn clear(&mut self) {
+        self.upstream = None;
+        self.gateway.clear();
+    }
+}
+
 /// A request head as parsed: where each part lies in the buffer.
 struct Head {
     len: usize,
@@ -94,6 +111,7 @@ where
     ctx.lean = true;
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
+    let mut lines = Lines::default();
     loop {
         // The whole head within HEAD_TIMEOUT of the previous answer (a
         // client trickling bytes does not move it), as hyper's
@@ -135,7 +153,8 @@ where
         let head_only = parts.method == Method::HEAD;
         let route = gw.route(&parts, false);
         let long_poll = route.long_poll;
-        let handling = gw.handle_parts(parts, route, body::empty(), None, ctx);
+        lines.clear();
+        let handling = gw.handle_parts(parts, route, body::empty(), None, ctx, Some(&mut lines));
         let resp = if long_poll {
             // A long poll held open for a client that has gone would keep
             // its slot and its upstream exchange: the client's side is
@@ -152,7 +171,7 @@ where
         };
         let keep = !close && !stopping.load(Ordering::Relaxed);
         let watch = long_poll.then_some(&mut buf);
-        match write_response(&mut io, &mut out, resp, head_only, keep, watch).await {
+        match write_response(&mut io, &mut out, resp, Some(&lines), head_only, keep, watch).await {
             Ok(true) if keep => {}
             _ => {
                 let _ = io.shutdown().await;
@@ -332,7 +351,8 @@ enum Framing {
     Chunked,
 }
 
-/// Writes `resp`; `Ok(true)` if the connection can carry another request.
+/// Writes `resp`, with the field `lines` beside it; `Ok(true)` if the
+/// connection can carry another request.
 ///
 /// `watch` (a long poll's): while the body is silent the client's side is
 /// read into this buffer, and a client that closes ends the answer (and
@@ -343,6 +363,7 @@ pub(crate) async fn write_response<S>(
     io: &mut S,
     out: &mut Vec<u8>,
     resp: Response<ProxyBody>,
+    lines: Option<&Lines>,
     head_only: bool,
     keep: bool,
     mut watch: Option<&mut BytesMut>,
@@ -359,8 +380,8 @@ where
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     // The upstream's field lines as it wrote them, when they need no
-    // change ([`h1::RawFields`]); the map then holds only the gateway's.
-    let raw = parts.extensions.get::<h1::RawFields>();
+    // change ([`h1::RawFields`]); the map then holds none of them.
+    let raw = lines.and_then(|l| l.upstream.as_ref());
     let declared = match raw {
         Some(raw) => raw.content_length(),
         None => parts
@@ -392,6 +413,9 @@ where
             continue;
         }
         field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(lines) = lines {
+        out.extend_from_slice(&lines.gateway);
     }
     match framing {
         Framing::Length(n) if declared.is_none() => {
@@ -691,7 +715,7 @@ mod tests {
     async fn written(resp: Response<ProxyBody>, head_only: bool, keep: bool) -> (String, bool) {
         let mut io = tokio::io::join(tokio::io::empty(), Vec::new());
         let mut out = Vec::new();
-        let again = write_response(&mut io, &mut out, resp, head_only, keep, None)
+        let again = write_response(&mut io, &mut out, resp, None, head_only, keep, None)
             .await
             .unwrap();
         (String::from_utf8(io.into_inner().1).unwrap(), again)
@@ -729,7 +753,7 @@ mod tests {
         });
         let mut out = Vec::new();
         let mut buf = BytesMut::new();
-        let writing = write_response(&mut server, &mut out, resp, false, true, Some(&mut buf));
+        let writing = write_response(&mut server, &mut out, resp, None, false, true, Some(&mut buf));
         let again = tokio::time::timeout(Duration::from_secs(10), writing)
             .await
             .expect("the answer went on after its client left")

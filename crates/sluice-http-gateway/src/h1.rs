@@ -173,6 +173,10 @@ pub(crate) struct LeanBody<T> {
     /// The longest silence of the upstream between parts of the body
     /// ([`LeanBody::limit_silence`]).
     idle: Option<IdleTimer>,
+    /// The answer's fields as the upstream wrote them, when they go on so
+    /// (its map is empty then): for the exchange's caller to take
+    /// ([`LeanBody::take_fields`]).
+    raw: Option<RawFields>,
 }
 
 impl<T> LeanBody<T> {
@@ -182,6 +186,13 @@ impl<T> LeanBody<T> {
     /// wrapper, and one that came whole never makes a timer.
     pub(crate) fn limit_silence(&mut self, limit: std::time::Duration) {
         self.idle = Some(IdleTimer::new(limit));
+    }
+
+    /// The answer's [`RawFields`], if its fields were kept as written:
+    /// its map holds none of them then. Carried here rather than in the
+    /// response's extensions, whose first insert allocates and hashes.
+    pub(crate) fn take_fields(&mut self) -> Option<RawFields> {
+        self.raw.take()
     }
 }
 
@@ -274,15 +285,16 @@ const RUNS: usize = 4;
 /// (docs/benchmarks.md, "HTTP gateway"). An answer qualifies when nothing
 /// in it needs changing on the way: lines ending in CRLF, no hop-by-hop
 /// field but those two, no transfer coding, at most one `Content-Length`
-/// in canonical form, and a status other than 204 and 304 (whose length
-/// fields the gateway may have to drop). Any other answer is parsed into
+/// in canonical form, none of the fields the gateway sets itself
+/// (`RateLimit`, `RateLimit-Policy`, `Retry-After`), and a status other
+/// than 204 and 304 (whose length fields the gateway may have to drop). Any other answer is parsed into
 /// a map as before. `httparse` has checked every name and value, as hyper
 /// does before trusting them.
 ///
-/// It travels in the response's extensions with an empty map beside it,
-/// to which the gateway adds its own fields (`RateLimit`); whatever
-/// writes the answer writes these lines first ([`crate::front`]), or puts
-/// them into the map ([`RawFields::into_map`], for hyper's server).
+/// It travels beside the response, whose map is then empty
+/// ([`LeanBody::take_fields`]): the lean client side writes these lines
+/// with the gateway's own ([`crate::front::Lines`]); for hyper's server
+/// they go into the map ([`RawFields::into_map`]).
 #[derive(Clone, Debug)]
 pub(crate) struct RawFields {
     /// The whole head, status line to blank line.
@@ -347,14 +359,6 @@ impl RawFields {
     }
 }
 
-/// Puts an answer's [`RawFields`], if it has any, into its map: for a
-/// writer that knows only the map (hyper's server).
-pub(crate) fn fields_into_map(parts: &mut hyper::http::response::Parts) {
-    if let Some(raw) = parts.extensions.remove::<RawFields>() {
-        raw.into_map(&mut parts.headers);
-    }
-}
-
 /// Names of the hop-by-hop fields an answer passed on raw must not have
 /// (`Connection` and `Keep-Alive` are dropped from it instead).
 fn hop_by_hop(name: &[u8]) -> bool {
@@ -365,6 +369,18 @@ fn hop_by_hop(name: &[u8]) -> bool {
         17 => &[b"transfer-encoding"],
         18 => &[b"proxy-authenticate"],
         19 => &[b"proxy-authorization"],
+        _ => return false,
+    };
+    candidates.iter().any(|c| name.eq_ignore_ascii_case(c))
+}
+
+/// Names of the fields the gateway sets on a forwarded answer, replacing
+/// the upstream's: an answer that has one goes through a map.
+fn gateways(name: &[u8]) -> bool {
+    let candidates: &[&[u8]] = match name.len() {
+        9 => &[b"ratelimit"],
+        11 => &[b"retry-after"],
+        16 => &[b"ratelimit-policy"],
         _ => return false,
     };
     candidates.iter().any(|c| name.eq_ignore_ascii_case(c))
@@ -450,7 +466,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, BoxError> {
             }
         } else if name.eq_ignore_ascii_case(b"date") {
             date = true;
-        } else if hop_by_hop(name) {
+        } else if hop_by_hop(name) || gateways(name) {
             raw = false;
         }
         if drop {
@@ -627,6 +643,7 @@ fn respond<T>(
         pool,
         ready,
         idle: None,
+        raw,
     };
     if body.framing == Framing::Done {
         body.finish();
@@ -634,9 +651,6 @@ fn respond<T>(
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
-    if let Some(raw) = raw {
-        resp.extensions_mut().insert(raw);
-    }
     Ok(resp)
 }
 
@@ -943,8 +957,10 @@ mod tests {
         });
         let out = match exchange(Conn::new(near), GET, head_only, Some(pool.clone())).await {
             Ok(resp) => {
-                let (mut parts, body) = resp.into_parts();
-                fields_into_map(&mut parts);
+                let (mut parts, mut body) = resp.into_parts();
+                if let Some(raw) = body.take_fields() {
+                    raw.into_map(&mut parts.headers);
+                }
                 match body.collect().await {
                     Ok(c) => Ok((parts.status, parts.headers, c.to_bytes())),
                     Err(e) => Err(e.to_string()),
@@ -1286,6 +1302,10 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTrailer: Expires\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nUpgrade: h2c\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nProxy-Authenticate: Basic\r\n\r\n",
+            // Fields the gateway sets in place of the upstream's.
+            b"HTTP/1.1 200 OK\r\nRateLimit: \"x\";r=1;t=1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nratelimit-policy: \"x\";q=1;w=1\r\n\r\n",
+            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 5\r\n\r\n",
             // Lines not ended by CRLF are not copied to a client.
             b"HTTP/1.1 200 OK\nA: 1\n\n",
             b"HTTP/1.1 200 OK\r\nA: 1\nB: 2\r\n\r\n",

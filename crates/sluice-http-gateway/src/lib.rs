@@ -226,7 +226,8 @@ async fn accepted(
                 let protocol = gw.shared.cfg.protocol;
                 let resp = respond::denied(protocol, protocol == sluice_config::HttpProtocol::Matrix, &d);
                 let mut stream = stream;
-                let _ = front::write_response(&mut stream, &mut Vec::new(), resp, false, false, None).await;
+                let _ =
+                    front::write_response(&mut stream, &mut Vec::new(), resp, None, false, false, None).await;
             }
             return;
         }

@@ -32,6 +32,7 @@ use sluice_server::App;
 use crate::body::{self, Charger, Held, IdleLimited, Metered, ProxyBody, Verdict};
 use crate::deadline::Deadline;
 use crate::forwarded::{self, Origin};
+use crate::front;
 use crate::h1;
 use crate::identity::{self, Credential, TtlCache};
 use crate::respond;
@@ -446,11 +447,8 @@ impl Gateway {
             incoming.map_err(body::BoxError::new).boxed()
         };
         let route = self.route(&parts, client_upgrade.is_some());
-        let resp = self.handle_parts(parts, route, body, client_upgrade, ctx).await;
-        // hyper's server writes the map only.
-        let (mut parts, body) = resp.into_parts();
-        h1::fields_into_map(&mut parts);
-        Response::from_parts(parts, body)
+        self.handle_parts(parts, route, body, client_upgrade, ctx, None)
+            .await
     }
 
     /// Which actions a request is ([`crate::route`]).
@@ -467,6 +465,12 @@ impl Gateway {
     /// Handles one request, of `route`, on the connection `ctx` describes.
     /// An upgraded connection outlives the HTTP connection it came from, so
     /// it holds the connection's lease (`ctx.slot`) too.
+    ///
+    /// `lines`: given by a writer of raw heads (the lean client side,
+    /// which empties it before each request). A forwarded answer whose
+    /// fields were kept as the upstream wrote them then leaves them there,
+    /// with the `RateLimit` fields as lines, and its map holds nothing of
+    /// either; without it, everything is in the map.
     pub(crate) async fn handle_parts(
         &self,
         mut parts: hyper::http::request::Parts,
@@ -474,6 +478,7 @@ impl Gateway {
         client_body: ProxyBody,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         ctx: &mut ConnCtx,
+        lines: Option<&mut front::Lines>,
     ) -> Response<ProxyBody> {
         let origin = self.shared.app.with_config(|config| {
             forwarded::resolve(
@@ -689,14 +694,14 @@ impl Gateway {
         };
         // A lean answer times its own silences (`h1::LeanBody`).
         let mut timed = false;
-        let mut resp = match sent {
-            Ok((r, lent)) => {
+        let (mut resp, raw) = match sent {
+            Ok((r, lent, raw)) => {
                 // Back to the worker's stack once the answer has been sent.
                 match lent {
                     Some(lent) => held.push(Box::new(lent)),
                     None => timed = true,
                 }
-                r
+                (r, raw)
             }
             Err(e) => {
                 let denied = verdict
@@ -789,7 +794,7 @@ impl Gateway {
         }
         if route.cost == Cost::ResponseBytes && status.is_success() {
             if let Some(action) = route.action.as_deref() {
-                let length = match parts.extensions.get::<h1::RawFields>() {
+                let length = match &raw {
                     Some(raw) => raw.content_length(),
                     None => content_length(&parts.headers),
                 };
@@ -810,10 +815,26 @@ impl Gateway {
                 }
             }
         }
-        // Fields passed on raw have none (`h1::RawFields`).
+        // Fields kept as written have none (`h1::RawFields`).
         strip_hop_by_hop(&mut parts.headers, false);
-        if let Some(merged) = reports.merged() {
-            sluice_server::rate_headers(merged, &mut parts.headers);
+        match (raw, lines) {
+            (Some(raw), Some(lines)) => {
+                // Nothing in the map to replace: the gateway's fields go
+                // on as lines too.
+                lines.upstream = Some(raw);
+                if let Some(merged) = reports.merged() {
+                    sluice_server::rate_lines(merged, &mut lines.gateway);
+                }
+            }
+            (raw, _) => {
+                if let Some(raw) = raw {
+                    raw.into_map(&mut parts.headers);
+                }
+                // Set, not added: they replace any the upstream sent.
+                if let Some(merged) = reports.merged() {
+                    sluice_server::rate_headers(merged, &mut parts.headers);
+                }
+            }
         }
         // The upstream's silence between body frames is bounded like its
         // silence before the head (long polls aside): a body that stalls
@@ -841,12 +862,15 @@ impl Gateway {
     ///
     /// `silence`: the longest pause allowed inside a lean answer's body
     /// (the caller wraps hyper's answers itself).
+    ///
+    /// A lean answer's fields may come beside it, kept as the upstream
+    /// wrote them ([`h1::RawFields`]; its map is empty then).
     async fn send(
         &self,
         mut req: Request<ProxyBody>,
         extra: Option<&ForwardingFields>,
         silence: Option<Duration>,
-    ) -> Result<(Response<ProxyBody>, Option<Lent>), body::BoxError> {
+    ) -> Result<(Response<ProxyBody>, Option<Lent>, Option<h1::RawFields>), body::BoxError> {
         // The body decides too: hop-by-hop stripping has removed a
         // request's `Transfer-Encoding` by now, but not its chunks.
         if (extra.is_some() || h1::eligible(req.method(), req.headers())) && req.body().is_end_stream() {
@@ -856,7 +880,7 @@ impl Gateway {
                 .upstream
                 .send_lean(&parts, extra, silence)
                 .await
-                .map(|r| (r, None));
+                .map(|(r, raw)| (r, None, raw));
         }
         // Origin form (`/path?query`): the upstream's base has no path.
         let pq = req
@@ -868,7 +892,11 @@ impl Gateway {
         // Boxed: hyper's client path (bodies, upgrades) has a large future;
         // inline, the lean path's requests would carry and copy its space.
         let (resp, lent) = Box::pin(self.upstream.send(req)).await?;
-        Ok((resp.map(|b| b.map_err(body::BoxError::new).boxed()), Some(lent)))
+        Ok((
+            resp.map(|b| b.map_err(body::BoxError::new).boxed()),
+            Some(lent),
+            None,
+        ))
     }
 
     /// A charger for the route's byte action: each call checks `n` bytes.
@@ -1111,7 +1139,7 @@ impl Gateway {
             .header(header::AUTHORIZATION, auth)
             .body(body::empty())
             .map_err(|_| ())?;
-        let (resp, _lent) = tokio::time::timeout(Duration::from_secs(5), self.send(req, None, None))
+        let (resp, _lent, _fields) = tokio::time::timeout(Duration::from_secs(5), self.send(req, None, None))
             .await
             .map_err(|_| ())?
             .map_err(|_| ())?;

@@ -252,13 +252,15 @@ impl Upstream {
     /// ([`crate::h1`]): on this worker's most recently used connection or a
     /// new one. An idle connection the upstream closed before answering is
     /// replaced once (the method is idempotent). The connection goes back
-    /// to the stack when the response body has been read to its end.
+    /// to the stack when the response body has been read to its end. The
+    /// answer's fields come beside it when kept as written
+    /// ([`h1::RawFields`]; its map is empty then).
     pub(crate) async fn send_lean(
         &self,
         parts: &hyper::http::request::Parts,
         extra: &[(HeaderName, Option<HeaderValue>)],
         silence: Option<std::time::Duration>,
-    ) -> Result<Response<ProxyBody>, BoxError> {
+    ) -> Result<(Response<ProxyBody>, Option<h1::RawFields>), BoxError> {
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut head = Vec::with_capacity(512);
         if parts.headers.contains_key(header::HOST) {
@@ -294,7 +296,8 @@ impl Upstream {
                     if let Some(limit) = silence {
                         resp.body_mut().limit_silence(limit);
                     }
-                    return Ok(resp.map(|b| b.boxed()));
+                    let raw = resp.body_mut().take_fields();
+                    return Ok((resp.map(|b| b.boxed()), raw));
                 }
                 Err(h1::ExchangeError::Stale(_)) if reused && !retried => retried = true,
                 Err(h1::ExchangeError::Stale(e) | h1::ExchangeError::Failed(e)) => return Err(e),

@@ -1469,6 +1469,23 @@ async fn upstream_fields_reach_the_client_the_same_on_both_sides() {
     for fields in &heads {
         assert_eq!(fields, &want, "{heads:?}");
     }
+
+    // An upstream's own `RateLimit` is replaced by the gateway's; its
+    // `Retry-After` (nothing was denied here) goes on.
+    let r = h.get(&format!("{path}?own=1"), &[]).await;
+    let all: Vec<&str> = r
+        .headers
+        .get_all("ratelimit")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert!(
+        all[0].starts_with("\"client.target.request.anonymous_ip\";r="),
+        "{all:?}"
+    );
+    assert_eq!(r.header("retry-after"), Some("7"));
+    assert_eq!(r.header("x-upstream"), Some("yes"));
 }
 
 /// At shutdown an idle kept-alive connection is closed at once, on the

@@ -240,26 +240,63 @@ pub fn rate_headers(d: &Decision, h: &mut HeaderMap) {
     }
 }
 
+/// The same fields as [`rate_headers`] sets, written
+/// as field lines (`name: value` and CRLF) at the end of `out`: for a
+/// writer of raw heads (the HTTP gateway's lean client side), which then
+/// needs no header map, no value made and checked, no allocation.
+pub fn rate_lines(d: &Decision, out: &mut Vec<u8>) {
+    if !d.allowed {
+        out.extend_from_slice(b"retry-after: ");
+        out.extend_from_slice(itoa::Buffer::new().format(secs_ceil(d.retry_after)).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // The policy value is checked once when made: the state names the
+    // same limits, and its numbers are digits.
+    let Some(policy) = policy_value(d) else { return };
+    let mark = out.len();
+    out.extend_from_slice(b"ratelimit-policy: ");
+    out.extend_from_slice(policy.as_bytes());
+    out.extend_from_slice(b"\r\nratelimit: ");
+    let state = out.len();
+    rate_items_into(d, |l, _| [(";r=", l.remaining), (";t=", secs_ceil(l.reset))], out);
+    if out.len() == state {
+        out.truncate(mark);
+    } else {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// `"name"` and two `key=value` parameters for each of `d`'s limits with a
 /// window, comma-separated; numbers with `itoa`, not the `fmt` machinery
 /// (measured in the HTTP gateway's profile).
 fn rate_items(d: &Decision, params: impl Fn(&LimitReport, Duration) -> [(&'static str, u64); 2]) -> String {
+    let mut out = Vec::with_capacity(64);
+    rate_items_into(d, params, &mut out);
+    // Policy names and digits: ASCII.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`rate_items`], appended to `out`.
+fn rate_items_into(
+    d: &Decision,
+    params: impl Fn(&LimitReport, Duration) -> [(&'static str, u64); 2],
+    out: &mut Vec<u8>,
+) {
     let mut num = itoa::Buffer::new();
-    let mut out = String::with_capacity(64);
+    let start = out.len();
     for l in d.limits.iter() {
         let Some(window) = l.window else { continue };
-        if !out.is_empty() {
-            out.push_str(", ");
+        if out.len() > start {
+            out.extend_from_slice(b", ");
         }
-        out.push('"');
-        out.push_str(l.name);
-        out.push('"');
+        out.push(b'"');
+        out.extend_from_slice(l.name.as_bytes());
+        out.push(b'"');
         for (key, value) in params(l, window) {
-            out.push_str(key);
-            out.push_str(num.format(value));
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(num.format(value).as_bytes());
         }
     }
-    out
 }
 
 /// The `RateLimit-Policy` value for `d`'s limits: `"name";q=limit;w=window`
@@ -834,5 +871,36 @@ mod rate_header_tests {
         assert_eq!(fields(&decision(&[("a", 11, 3)])).0, "\"a\";q=11;w=60");
         assert_eq!(fields(&decision(&[("c", 11, 3)])).0, "\"c\";q=11;w=60");
         assert_eq!(fields(&decision(&[])), (String::new(), String::new()));
+    }
+
+    /// Field lines say what the map gets, line for line.
+    #[test]
+    fn rate_lines_are_the_fields_as_lines() {
+        for limits in [&[("a", 10, 9), ("b", 5, 4)][..], &[("a", 10, 9)], &[]] {
+            for allowed in [true, false] {
+                let mut d = decision(limits);
+                if !allowed {
+                    d.allowed = false;
+                    d.retry_after = Duration::from_millis(1500);
+                }
+                let mut h = HeaderMap::new();
+                rate_headers(&d, &mut h);
+                let mut want = Vec::new();
+                for name in ["retry-after", "ratelimit-policy", "ratelimit"] {
+                    if let Some(v) = h.get(name) {
+                        want.extend_from_slice(
+                            format!("{name}: {}\r\n", v.to_str().expect("ascii")).as_bytes(),
+                        );
+                    }
+                }
+                let mut out = b"before\r\n".to_vec();
+                rate_lines(&d, &mut out);
+                assert_eq!(
+                    String::from_utf8_lossy(&out[8..]),
+                    String::from_utf8_lossy(&want),
+                    "{limits:?}, allowed {allowed}"
+                );
+            }
+        }
     }
 }

@@ -29,6 +29,6 @@ mod serve;
 pub mod top;
 
 pub use app::{default_state_dir, App, MetricsSource, ServerError};
-pub use http::{ms as retry_ms, rate_headers, router};
+pub use http::{ms as retry_ms, rate_headers, rate_lines, router};
 pub use metrics::Striped;
 pub use serve::{run, serve, shutdown_signal};

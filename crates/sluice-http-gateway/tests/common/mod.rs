@@ -132,6 +132,11 @@ async fn upstream(req: Request<Incoming>, seen: Arc<Seen>) -> Response<UpBody> {
         h.append("x-upstream", "yes".parse().unwrap());
         h.append("set-cookie", "b=2".parse().unwrap());
         h.append("cache-control", "no-store".parse().unwrap());
+        if query(&req, "own").is_some() {
+            // Fields the gateway sets on its own answers too.
+            h.append("ratelimit", "\"up\";r=1;t=1".parse().unwrap());
+            h.append("retry-after", "7".parse().unwrap());
+        }
         return r;
     }
     if path.ends_with("/trickle") {
