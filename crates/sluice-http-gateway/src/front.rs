@@ -153,7 +153,6 @@ where
         let head_only = parts.method == Method::HEAD;
         let route = gw.route(&parts, false);
         let long_poll = route.long_poll;
-        lines.clear();
         let handling = gw.handle_parts(parts, route, body::empty(), None, ctx, Some(&mut lines));
         let resp = if long_poll {
             // A long poll held open for a client that has gone would keep
@@ -171,7 +170,12 @@ where
         };
         let keep = !close && !stopping.load(Ordering::Relaxed);
         let watch = long_poll.then_some(&mut buf);
-        match write_response(&mut io, &mut out, resp, Some(&lines), head_only, keep, watch).await {
+        let written = write_response(&mut io, &mut out, resp, Some(&lines), head_only, keep, watch).await;
+        // The upstream's head goes now, not at the next request: it shares
+        // the upstream connection's read buffer, which an idle client
+        // would otherwise hold (and that connection could not reuse).
+        lines.clear();
+        match written {
             Ok(true) if keep => {}
             _ => {
                 let _ = io.shutdown().await;
@@ -713,12 +717,55 @@ mod tests {
     }
 
     async fn written(resp: Response<ProxyBody>, head_only: bool, keep: bool) -> (String, bool) {
+        written_with(resp, None, head_only, keep).await
+    }
+
+    async fn written_with(
+        resp: Response<ProxyBody>,
+        lines: Option<&Lines>,
+        head_only: bool,
+        keep: bool,
+    ) -> (String, bool) {
         let mut io = tokio::io::join(tokio::io::empty(), Vec::new());
         let mut out = Vec::new();
-        let again = write_response(&mut io, &mut out, resp, None, head_only, keep, None)
+        let again = write_response(&mut io, &mut out, resp, lines, head_only, keep, None)
             .await
             .unwrap();
         (String::from_utf8(io.into_inner().1).unwrap(), again)
+    }
+
+    /// An upstream's lines kept as written go first, then the map's
+    /// fields, then the gateway's lines; the upstream's length and date
+    /// are used, not made again.
+    #[tokio::test]
+    async fn raw_lines_then_the_map_then_the_gateways() {
+        let lines = |head: &[u8]| Lines {
+            upstream: Some(h1::raw_fields(head)),
+            gateway: b"ratelimit: \"p\";r=1;t=1\r\n".to_vec(),
+        };
+        let known = lines(b"HTTP/1.1 200 OK\r\nServer: up\r\nDate: D\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\n");
+        let mut resp = Response::new(body::full("hello"));
+        resp.headers_mut().insert("x-map", HeaderValue::from_static("1"));
+        let (s, again) = written_with(resp, Some(&known), false, true).await;
+        assert_eq!(
+            s,
+            "HTTP/1.1 200 OK\r\nServer: up\r\nDate: D\r\nContent-Length: 5\r\nx-map: 1\r\nratelimit: \"p\";r=1;t=1\r\n\r\nhello"
+        );
+        assert!(again);
+        // HEAD: the upstream's length stays, once, and no body follows.
+        let (s, _) = written_with(Response::new(body::empty()), Some(&known), true, false).await;
+        assert_eq!(
+            s,
+            "HTTP/1.1 200 OK\r\nServer: up\r\nDate: D\r\nContent-Length: 5\r\nratelimit: \"p\";r=1;t=1\r\nconnection: close\r\n\r\n"
+        );
+        // No length, no date: chunked, and a date is added.
+        let unknown = lines(b"HTTP/1.1 200 OK\r\nServer: up\r\n\r\n");
+        let (s, _) = written_with(Response::new(frames(vec![Ok("ab")])), Some(&unknown), false, true).await;
+        assert!(
+            s.starts_with("HTTP/1.1 200 OK\r\nServer: up\r\nratelimit: \"p\";r=1;t=1\r\ntransfer-encoding: chunked\r\ndate: "),
+            "{s}"
+        );
+        assert!(s.ends_with("\r\n\r\n2\r\nab\r\n0\r\n\r\n"), "{s}");
     }
 
     /// A long poll's client that closes while the body is silent ends the

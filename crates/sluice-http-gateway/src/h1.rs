@@ -287,9 +287,10 @@ const RUNS: usize = 4;
 /// field but those two, no transfer coding, at most one `Content-Length`
 /// in canonical form, none of the fields the gateway sets itself
 /// (`RateLimit`, `RateLimit-Policy`, `Retry-After`), and a status other
-/// than 204 and 304 (whose length fields the gateway may have to drop). Any other answer is parsed into
-/// a map as before. `httparse` has checked every name and value, as hyper
-/// does before trusting them.
+/// than 204 and 304 (whose length fields the gateway may have to drop).
+/// Any other answer is parsed into a map as before. `httparse` has
+/// checked every name and value (token names; no CR, LF or other control
+/// byte in values; no obs-fold), as hyper does before trusting them.
 ///
 /// It travels beside the response, whose map is then empty
 /// ([`LeanBody::take_fields`]): the lean client side writes these lines
@@ -331,7 +332,9 @@ impl RawFields {
         let mut resp = httparse::Response::new(&mut fields);
         let mut all = HeaderMap::with_capacity(8 + map.len());
         // It parsed once: it parses again.
-        if resp.parse(&self.head).is_ok() {
+        let parsed = resp.parse(&self.head);
+        debug_assert!(parsed.is_ok(), "a head that parsed once did not parse again");
+        if parsed.is_ok() {
             for f in resp.headers.iter() {
                 let name = f.name.as_bytes();
                 if name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"keep-alive") {
@@ -356,6 +359,16 @@ impl RawFields {
             }
         }
         *map = all;
+    }
+}
+
+/// The [`RawFields`] of a final answer's `head`, for other modules'
+/// tests.
+#[cfg(test)]
+pub(crate) fn raw_fields(head: &[u8]) -> RawFields {
+    match parse_head(&mut BytesMut::from(head)) {
+        Ok(Some(Parsed::Final(_, Fields::Raw(raw), _))) => raw,
+        _ => panic!("not kept raw: {:?}", String::from_utf8_lossy(head)),
     }
 }
 
@@ -1278,6 +1291,15 @@ mod tests {
         assert_eq!(raw.content_length(), None);
         assert!(!raw.has_date());
 
+        // Dropped lines in a row, a dropped last line, a length with
+        // trailing space (clients trim it too), and exactly as many runs
+        // as kept.
+        let raw = raw_of(b"HTTP/1.1 200 OK\r\nA: 1\r\nKeep-Alive: 1\r\nConnection: close\r\nB: 2\r\nContent-Length: 5 \r\nKeep-Alive: 2\r\n\r\n");
+        assert_eq!(written(&raw), "A: 1\r\nB: 2\r\nContent-Length: 5 \r\n");
+        assert_eq!(raw.content_length(), Some(5));
+        let raw = raw_of(b"HTTP/1.1 200 OK\r\nA: 1\r\nKeep-Alive: 1\r\nB: 2\r\nKeep-Alive: 2\r\nC: 3\r\nKeep-Alive: 3\r\nD: 4\r\n\r\n");
+        assert_eq!(written(&raw), "A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n");
+
         // Nothing at all to pass on.
         let raw = raw_of(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n");
         assert_eq!(written(&raw), "");
@@ -1294,6 +1316,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 05\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCONTENT-length: 5\r\n\r\n",
             // Statuses whose length the gateway may drop.
             b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
             b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",

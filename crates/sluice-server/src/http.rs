@@ -877,8 +877,21 @@ mod rate_header_tests {
     #[test]
     fn rate_lines_are_the_fields_as_lines() {
         for limits in [&[("a", 10, 9), ("b", 5, 4)][..], &[("a", 10, 9)], &[]] {
-            for allowed in [true, false] {
+            for (allowed, windowless) in [(true, false), (false, false), (true, true), (false, true)] {
                 let mut d = decision(limits);
+                if windowless {
+                    // A concurrency cap has no window: no item of its own.
+                    d.limits.push(LimitReport {
+                        name: "cap",
+                        target: Target::user("@a:example.org").expect("a user"),
+                        limit: 3,
+                        window: None,
+                        remaining: 1,
+                        reset: Duration::ZERO,
+                        outcome: LimitOutcome::Allowed,
+                        shadow: false,
+                    });
+                }
                 if !allowed {
                     d.allowed = false;
                     d.retry_after = Duration::from_millis(1500);
