@@ -31,4 +31,4 @@ pub mod top;
 pub use app::{default_state_dir, App, MetricsSource, ServerError};
 pub use http::{ms as retry_ms, rate_headers, rate_lines, router};
 pub use metrics::Striped;
-pub use serve::{run, serve, shutdown_signal};
+pub use serve::{run, serve, shutdown_signal, HEADER_READ_TIMEOUT};

@@ -1,40 +1,99 @@
 //! Running the service: listener in, shutdown signal in, drain, flush.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::time::Duration;
 
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tower::Service as _;
 
 use crate::app::{App, ServerError};
+
+/// Time a client has to send a whole request head, counted from the end
+/// of the previous answer on a kept-alive connection: hyper's
+/// `header_read_timeout`. A client that trickles a head, or idles on its
+/// connection, is closed after it, as by the gateway and nginx's
+/// `client_header_timeout`.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops
 /// accepting, lets in-flight requests finish, and writes the ban list.
 ///
 /// The listener is passed in so tests bind port 0 and read the address.
+///
+/// The accept loop is this crate's own rather than `axum::serve`, which
+/// sets no timeout for a request head: a client that opens connections
+/// and sends nothing (or a byte a minute) would hold them, and their
+/// file descriptors, for ever. Here hyper's HTTP/1 server closes it after
+/// [`HEADER_READ_TIMEOUT`].
 pub async fn serve(
     listener: TcpListener,
     app: App,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let persist = tokio::spawn(app.clone().persist_loop());
-    let service = crate::http::router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let signal = app.clone();
-    let shutdown = async move {
-        shutdown.await;
-        // Gateways stop accepting and drain at the same time as the API.
-        signal.inner.shutdown.send_replace(true);
+    let router = crate::http::router(app.clone());
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let result = loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    // Out of file descriptors, say: wait, as axum does,
+                    // rather than spin; the connections open still close.
+                    tracing::error!("decision API: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            // What the handlers read as `ConnectInfo` (the admin guard).
+            req.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().call(req)
+        });
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // A client that goes away or times out ends its connection
+            // only.
+            let _ = conn.await;
+        });
     };
-    let result = axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    // Gateways stop accepting and drain at the same time as the API.
     app.inner.shutdown.send_replace(true);
+    // Idle connections close now; those with a request in flight after
+    // its answer.
+    graceful.shutdown().await;
     let tasks = std::mem::take(&mut *app.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
     for t in tasks {
         let _ = t.await;
     }
     persist.abort();
     app.flush_bans()?;
-    result.map_err(ServerError::Io)
+    result
+}
+
+/// Errors of one connection that `accept` reports (it was reset before
+/// being taken, say): the listener is fine.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }
 
 /// Binds `config.server.listen` and serves until SIGTERM or SIGINT;
