@@ -1422,7 +1422,19 @@ impl Engine {
     /// for callers in the same process (a gateway's connection, say).
     pub fn acquire_guard(&self, req: &Request<'_>) -> Result<Result<Guard, Decision>, EngineError> {
         let d = self.decide(req, Mode::Acquire { ttl: None })?;
-        Ok(match (d.allowed, d.lease) {
+        Ok(self.guard(d))
+    }
+
+    /// The guard for a decision taken with `Mode::Acquire { ttl: None }`
+    /// through [`Engine::plan`], a store's own asynchronous call and
+    /// [`Engine::finish`] (a caller that must not wait for a remote store
+    /// on its thread); the decision back if it denied.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the same shape as acquire_guard's inner result: a denial is as large as a grant, and boxing it would allocate per denial"
+    )]
+    pub fn guard(&self, d: Decision) -> Result<Guard, Decision> {
+        match (d.allowed, d.lease) {
             (true, Some(lease)) => Ok(Guard {
                 engine: Some(self.clone()),
                 lease: lease.id,
@@ -1436,12 +1448,18 @@ impl Engine {
                 decision: d,
             }),
             (false, _) => Err(d),
-        })
+        }
     }
 
     /// Releases a lease; `false` if unknown or already expired.
     pub fn release(&self, lease: LeaseId) -> Result<bool, EngineError> {
         Ok(self.inner.store.release(lease, self.now())?)
+    }
+
+    /// Releases a lease without waiting for a remote store's answer
+    /// ([`Store::release_detached`]).
+    pub fn release_detached(&self, lease: LeaseId) {
+        self.inner.store.release_detached(lease, self.now());
     }
 
     /// The state of every limit counting `target`, without consuming: for
@@ -1577,8 +1595,9 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         if let (Some(engine), true) = (&self.engine, self.lease != 0) {
-            // A memory store never fails; a remote store's lease lapses on its own.
-            let _ = engine.release(self.lease);
+            // A memory store never fails and answers at once; a remote
+            // store is sent the release without this thread waiting.
+            engine.release_detached(self.lease);
         }
     }
 }

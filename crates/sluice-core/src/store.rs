@@ -231,6 +231,14 @@ pub trait Store: Send + Sync + 'static {
     /// Releases a lease; `false` if it was unknown or already expired.
     fn release(&self, lease: LeaseId, now: Nanos) -> Result<bool, StoreError>;
 
+    /// Releases a lease without waiting for the answer: what a dropped
+    /// [`crate::Guard`] does. A remote store sends the release and returns
+    /// (a guard dropped on an event loop must not hold the loop for a
+    /// round trip); the default is [`Store::release`], answer ignored.
+    fn release_detached(&self, lease: LeaseId, now: Nanos) {
+        let _ = self.release(lease, now);
+    }
+
     /// The stored TAT of a bucket (for `inspect`), without changing it.
     fn peek(&self, bucket: &Bucket, now: Nanos) -> Result<Nanos, StoreError>;
 

@@ -215,7 +215,7 @@ async fn accepted(
 ) {
     // Direct clients (not trusted proxies) are held to the per-address
     // connection limits, as the TCP gateway does.
-    let slot = match connection_slot(&gw, peer) {
+    let slot = match connection_slot(&gw, peer).await {
         Ok(slot) => slot,
         Err(d) => {
             // One answer in the protocol's form (a client library reads
@@ -248,7 +248,7 @@ async fn accepted(
 }
 
 /// A connection slot for a direct client (none needed for a trusted proxy).
-fn connection_slot(
+async fn connection_slot(
     gw: &Gateway,
     peer: SocketAddr,
 ) -> Result<Option<sluice_core::Guard>, Box<sluice_core::Decision>> {
@@ -257,7 +257,7 @@ fn connection_slot(
     if app.with_config(|c| c.network.trusted_proxies.iter().any(|n| n.contains(&ip))) {
         return Ok(None);
     }
-    match app.engine().acquire_guard(&Ask::client("connection").ip(ip)) {
+    match app.acquire_guard_async(&Ask::client("connection").ip(ip)).await {
         Ok(Ok(g)) => Ok(Some(g)),
         Ok(Err(d)) => {
             let t = app.engine().with_policy(|p| p.normalizer().ip_target(ip));

@@ -397,14 +397,16 @@ impl Gateway {
     }
 
     /// Runs one decision and records it in metrics, `top` and logs.
-    fn decide(&self, who: &Who, side: Side, action: &str, cost: u64, mode: Mode) -> Decision {
+    /// One decision, recorded unless a dry run. On Redis the round trip
+    /// is awaited: the worker serves its other connections meanwhile.
+    async fn decide(&self, who: &Who, side: Side, action: &str, cost: u64, mode: Mode) -> Decision {
         let ask = Ask {
             side,
             action,
             targets: who.targets.clone(),
             cost,
         };
-        match self.engine().decide(&ask, mode) {
+        match self.shared.app.decide_async(&ask, mode).await {
             Ok(d) => {
                 if mode != Mode::DryRun {
                     self.shared.app.observe(side, action, &who.list, &d);
@@ -545,15 +547,19 @@ impl Gateway {
                         // A client that keeps failing cannot keep trying: an
                         // attempt while over the failure limit is one more
                         // failure, and those denials lead to a ban.
-                        let f = self.decide(&who, Side::Client, "authentication_failure", 1, Mode::DryRun);
+                        let f = self
+                            .decide(&who, Side::Client, "authentication_failure", 1, Mode::DryRun)
+                            .await;
                         if !f.allowed {
-                            let f = self.decide(&who, Side::Client, "authentication_failure", 1, Mode::Check);
+                            let f = self
+                                .decide(&who, Side::Client, "authentication_failure", 1, Mode::Check)
+                                .await;
                             return self.deny(&route, &f);
                         }
                     }
-                    self.decide(&who, route.side, action, 1, Mode::DryRun)
+                    self.decide(&who, route.side, action, 1, Mode::DryRun).await
                 }
-                (Charge::Before, Cost::One) => self.decide(&who, route.side, action, 1, Mode::Check),
+                (Charge::Before, Cost::One) => self.decide(&who, route.side, action, 1, Mode::Check).await,
                 (Charge::Before, Cost::RequestBytes) => {
                     // A concurrency slot for the upload, then the bytes when
                     // declared (otherwise as they flow).
@@ -563,7 +569,7 @@ impl Gateway {
                         targets: who.targets.clone(),
                         cost: 1,
                     };
-                    match self.engine().acquire_guard(&ask) {
+                    match self.shared.app.acquire_guard_async(&ask).await {
                         Ok(Ok(g)) => held.push(Box::new(g)),
                         Ok(Err(d)) => {
                             self.shared.app.observe(route.side, action, &who.list, &d);
@@ -572,12 +578,12 @@ impl Gateway {
                         Err(e) => tracing::error!(action, "http gateway: {e}"),
                     }
                     match declared {
-                        Some(n) => self.decide(&who, route.side, action, n, Mode::Check),
-                        None => self.decide(&who, route.side, action, 0, Mode::DryRun),
+                        Some(n) => self.decide(&who, route.side, action, n, Mode::Check).await,
+                        None => self.decide(&who, route.side, action, 0, Mode::DryRun).await,
                     }
                 }
                 (Charge::Before, Cost::ResponseBytes) => {
-                    self.decide(&who, route.side, action, 1, Mode::DryRun)
+                    self.decide(&who, route.side, action, 1, Mode::DryRun).await
                 }
             };
             if !d.allowed {
@@ -586,7 +592,7 @@ impl Gateway {
             reports.add(d);
         }
         if route.long_poll {
-            let d = self.decide(&who, route.side, "request", 1, Mode::Check);
+            let d = self.decide(&who, route.side, "request", 1, Mode::Check).await;
             if !d.allowed {
                 return self.deny(&route, &d);
             }
@@ -605,7 +611,7 @@ impl Gateway {
                 targets: who.targets.clone(),
                 cost: 1,
             };
-            match self.engine().acquire_guard(&ask) {
+            match self.shared.app.acquire_guard_async(&ask).await {
                 Ok(Ok(g)) => {
                     self.shared
                         .app
@@ -776,7 +782,9 @@ impl Gateway {
         }
         if failure {
             self.shared.counters.add(Count::AuthFailures);
-            let d = self.decide(&who, Side::Client, "authentication_failure", 1, Mode::Check);
+            let d = self
+                .decide(&who, Side::Client, "authentication_failure", 1, Mode::Check)
+                .await;
             reports.add(d);
         } else if let Some(key) = who.pending {
             // Only a success from an endpoint that checks the credential
@@ -788,7 +796,7 @@ impl Gateway {
         if status.is_success() {
             if let (Some(action), Charge::OnSuccess) = (route.action.as_deref(), route.charge) {
                 // Charged now, whatever the bucket says: the account exists.
-                let d = self.decide(&who, route.side, action, 1, Mode::Check);
+                let d = self.decide(&who, route.side, action, 1, Mode::Check).await;
                 reports.add(d);
             }
         }
@@ -800,7 +808,7 @@ impl Gateway {
                 };
                 match length {
                     Some(n) => {
-                        let d = self.decide(&who, route.side, action, n, Mode::Check);
+                        let d = self.decide(&who, route.side, action, n, Mode::Check).await;
                         if !d.allowed {
                             return self.deny(&route, &d);
                         }

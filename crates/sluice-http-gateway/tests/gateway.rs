@@ -1569,3 +1569,76 @@ async fn a_client_that_leaves_frees_its_long_poll() {
     h.seen.release.add_permits(1);
     assert_eq!(again.await.unwrap(), 200);
 }
+
+/// The Redis the test script started, or `None` (the test is skipped, and
+/// fails under `scripts/test`, which sets `SLUICE_TEST_STRICT`).
+fn redis_url() -> Option<String> {
+    match std::env::var("SLUICE_TEST_REDIS_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            assert!(
+                std::env::var("SLUICE_TEST_STRICT").as_deref() != Ok("1"),
+                "SLUICE_TEST_REDIS_URL is not set (scripts/test starts Redis and sets it)"
+            );
+            eprintln!("\n*** SKIPPED: no Redis (run ./scripts/test) ***\n");
+            None
+        }
+    }
+}
+
+/// On a shared Redis the gateway decides as on memory — rates, the
+/// per-account cap on requests in flight, the connection lease — with
+/// each round trip awaited on the worker instead of holding its thread.
+/// A request's slot is given back after its answer without the worker
+/// waiting for Redis to confirm.
+#[tokio::test]
+async fn decisions_on_redis_are_the_same() {
+    let Some(url) = redis_url() else { return };
+    let prefix = format!("gwtest{}x{}:", std::process::id(), line!());
+    let store = format!("[store]\nkind = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"{prefix}\"\n");
+    let h = std::sync::Arc::new(start("matrix", &format!("{TRUSTING}{TIGHT}{store}"), "").await);
+
+    // A rate, through the Redis script.
+    second_is_limited(
+        &h,
+        "PUT",
+        "/_matrix/client/v3/rooms/!r:x/send/m.room.message/t1",
+        &[ALICE, ("x-forwarded-for", "198.51.100.7")],
+        "client.target.send_event.user",
+    )
+    .await;
+
+    // The preset's four requests in flight per account, held in Redis.
+    let bob = ("authorization", "Bearer good-bob");
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let h = h.clone();
+        held.push(tokio::spawn(async move {
+            h.get(
+                &format!("/_matrix/client/v3/x{i}/hold"),
+                &[("authorization", "Bearer good-bob")],
+            )
+            .await
+            .status
+        }));
+    }
+    h.wait_held(4).await;
+    let r = h.get("/_matrix/client/v3/capabilities", &[bob]).await;
+    assert_eq!(r.status, 429, "{:?}", r.json());
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("client.concurrent.request.user"));
+    h.seen.release.add_permits(4);
+    for t in held {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    // The slots come back once the detached releases reach Redis: a few
+    // round trips at most.
+    let mut tries = 0;
+    while h.get("/_matrix/client/v3/capabilities", &[bob]).await.status != 200 {
+        tries += 1;
+        assert!(tries < 200, "the held slots were never released");
+        tokio::task::yield_now().await;
+    }
+}

@@ -801,6 +801,15 @@ impl Store for RedisStore {
         self.block(async move { this.release_async(lease, now).await })
     }
 
+    /// Sent on the store's runtime; nobody waits. A release that fails
+    /// is counted and logged like any other store error.
+    fn release_detached(&self, lease: LeaseId, now: Nanos) {
+        let this = self.clone();
+        self.inner.handle.spawn(async move {
+            let _ = this.release_async(lease, now).await;
+        });
+    }
+
     fn peek(&self, bucket: &Bucket, now: Nanos) -> Result<Nanos, StoreError> {
         let this = self.clone();
         let batch = Batch {

@@ -274,6 +274,46 @@ impl App {
         Ok(())
     }
 
+    /// One decision on whichever store, for callers on an event loop:
+    /// with Redis the round trip is awaited, so the thread serves other
+    /// connections meanwhile (the engine's own [`Engine::decide`] would
+    /// wait on the thread), and a failing Redis answers `store.on_error`,
+    /// counted in `sluice_store_errors_total`. With memory it is the
+    /// engine's call, nothing awaited.
+    pub async fn decide_async(
+        &self,
+        req: &sluice_core::Request<'_>,
+        mode: sluice_core::Mode,
+    ) -> Result<Decision, EngineError> {
+        match &self.inner.backend {
+            // Boxed: a plan is large, and the memory path (every decision
+            // of a memory store) should not carry its space.
+            crate::backend::Backend::Redis(_) => Box::pin(crate::backend::decide(self, req, mode)).await,
+            crate::backend::Backend::Memory(_) => self.engine().decide(req, mode),
+        }
+    }
+
+    /// [`Engine::acquire_guard`] for callers on an event loop (see
+    /// [`App::decide_async`]). The guard's release when dropped is sent
+    /// without waiting either ([`sluice_core::Store::release_detached`]).
+    pub async fn acquire_guard_async(
+        &self,
+        req: &sluice_core::Request<'_>,
+    ) -> Result<Result<sluice_core::Guard, Decision>, EngineError> {
+        match &self.inner.backend {
+            crate::backend::Backend::Redis(_) => {
+                let d = Box::pin(crate::backend::decide(
+                    self,
+                    req,
+                    sluice_core::Mode::Acquire { ttl: None },
+                ))
+                .await?;
+                Ok(self.engine().guard(d))
+            }
+            crate::backend::Backend::Memory(_) => self.engine().acquire_guard(req),
+        }
+    }
+
     /// Whether a gateway refuses a connection whose decision failed with
     /// `e`: as the store's `on_error` says, except that a full lease table
     /// always refuses — it is not an outage to ride through, and admitting
