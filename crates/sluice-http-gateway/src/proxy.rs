@@ -398,7 +398,8 @@ impl Gateway {
 
     /// Runs one decision and records it in metrics, `top` and logs.
     /// One decision, recorded unless a dry run. On Redis the round trip
-    /// is awaited: the worker serves its other connections meanwhile.
+    /// is awaited (the worker serves its other connections meanwhile), and
+    /// a failing Redis answers `store.on_error` ([`App::decide_async`]).
     async fn decide(&self, who: &Who, side: Side, action: &str, cost: u64, mode: Mode) -> Decision {
         let ask = Ask {
             side,
@@ -415,9 +416,9 @@ impl Gateway {
             }
             Err(e) => {
                 // An unknown action (a rule naming one the policy dropped on
-                // reload) or a failing store: fail open, as the store's
-                // on_error default does; the limiter must not take the
-                // server down with it.
+                // reload), or a memory store's error: fail open; the limiter
+                // must not take the server down with it. (A failing Redis
+                // has answered `on_error` already.)
                 tracing::error!(action, "http gateway: {e}");
                 Decision::allow()
             }
@@ -1121,7 +1122,13 @@ impl Gateway {
         // An unknown token costs the address one anonymous request: a flood
         // of made-up tokens cannot turn into a flood of whoami calls.
         let lookup = Ask::client("request").ip(ip);
-        if self.engine().check(&lookup).is_ok_and(|d| !d.allowed) {
+        if self
+            .shared
+            .app
+            .decide_async(&lookup, Mode::Check)
+            .await
+            .is_ok_and(|d| !d.allowed)
+        {
             return pseudonym();
         }
         // Boxed: a lookup is rare (once per token) and its future large.

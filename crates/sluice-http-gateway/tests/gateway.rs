@@ -1586,9 +1586,9 @@ fn redis_url() -> Option<String> {
     }
 }
 
-/// On a shared Redis the gateway decides as on memory — rates, the
-/// per-account cap on requests in flight, the connection lease — with
-/// each round trip awaited on the worker instead of holding its thread.
+/// On a shared Redis the gateway decides as on memory — rates and the
+/// per-account cap on requests in flight — with each round trip awaited
+/// on the worker instead of holding its thread.
 /// A request's slot is given back after its answer without the worker
 /// waiting for Redis to confirm.
 #[tokio::test]
@@ -1641,4 +1641,55 @@ async fn decisions_on_redis_are_the_same() {
         assert!(tries < 200, "the held slots were never released");
         tokio::task::yield_now().await;
     }
+}
+
+/// A Redis that cannot be reached answers `store.on_error`, for every
+/// step of a request, and bans nobody: under `allow` a login goes through
+/// (its checks without consuming included); under `deny` everything is
+/// refused as `store.unavailable`, and thirty login attempts from one
+/// address are no automatic ban.
+#[tokio::test]
+async fn a_redis_outage_answers_on_error_and_bans_nobody() {
+    // Nothing listens on port 1: every call fails at once.
+    let store = |on_error: &str| {
+        format!("[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\non_error = \"{on_error}\"\ncommand_timeout = \"200ms\"\nconnect_timeout = \"200ms\"\n")
+    };
+    let hd = [("x-forwarded-for", "203.0.113.67")];
+
+    let h = start("matrix", &format!("{TRUSTING}{}", store("allow")), "").await;
+    let r = h
+        .send(
+            "POST",
+            "/_matrix/client/v3/login",
+            &hd,
+            "{\"password\":\"right\"}",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(h.get("/_matrix/client/v3/capabilities", &hd).await.status, 200);
+
+    let h = start("matrix", &format!("{TRUSTING}{}", store("deny")), "").await;
+    let r = h.get("/_matrix/client/v3/capabilities", &hd).await;
+    assert_eq!(r.status, 429);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("store.unavailable"),
+        "{:?}",
+        r.json()
+    );
+    for _ in 0..30 {
+        let r = h
+            .send(
+                "POST",
+                "/_matrix/client/v3/login",
+                &hd,
+                "{\"password\":\"wrong\"}",
+            )
+            .await;
+        assert_eq!(r.status, 429);
+    }
+    assert!(
+        h.app.engine().bans().list(h.app.now()).is_empty(),
+        "an outage banned a client"
+    );
+    assert_eq!(h.seen.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
 }

@@ -185,6 +185,10 @@ struct Inner {
     db_keys: AtomicU64,
     active_leases: AtomicU64,
     last_log: AtomicU64,
+    /// Releases sent without waiting and not yet answered, and the wake-up
+    /// for [`RedisStore::settle`].
+    detached: AtomicU64,
+    settled: tokio::sync::Notify,
 }
 
 /// The engine's store on Redis or Valkey. Cheap to clone; clones share
@@ -294,6 +298,8 @@ impl RedisStore {
                 db_keys: AtomicU64::new(0),
                 active_leases: AtomicU64::new(0),
                 last_log: AtomicU64::new(0),
+                detached: AtomicU64::new(0),
+                settled: tokio::sync::Notify::new(),
                 opts,
             }),
         })
@@ -418,6 +424,48 @@ impl RedisStore {
         }
     }
 
+    /// [`RedisStore::decide_async`] run on the store's own runtime and
+    /// awaited from any other: for callers on runtimes of their own (the
+    /// HTTP gateway's workers). redis-rs spawns a connection's driver on
+    /// whichever runtime is current when it (re)connects; awaited here, it
+    /// always lands on the store's runtime, never on a worker whose thread
+    /// a synchronous call may hold (which would stall every decision of
+    /// the process until it timed out).
+    pub async fn decide_spawned(&self, batch: &Batch, now: Nanos) -> Result<Outcome, StoreError> {
+        let this = self.clone();
+        let batch = batch.clone();
+        match self
+            .inner
+            .handle
+            .spawn(async move { this.decide_async(&batch, now).await })
+            .await
+        {
+            Ok(r) => r,
+            // The store's runtime is shutting down.
+            Err(e) => Err(StoreError::Unavailable(format!("redis store task: {e}"))),
+        }
+    }
+
+    /// Waits until every release sent without waiting
+    /// ([`Store::release_detached`], a dropped guard's) has been answered,
+    /// for at most `within`; `false` if some were still out. For shutdown:
+    /// the store's runtime ending would cancel them, leaving their slots
+    /// held in Redis until the lease's TTL (`lease_max_ttl`).
+    pub async fn settle(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            // Made before the count is read: a wake-up between the two is
+            // not lost.
+            let settled = self.inner.settled.notified();
+            if self.inner.detached.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                return self.inner.detached.load(Ordering::Acquire) == 0;
+            }
+        }
+    }
+
     /// [`RedisStore::decide_async`], answering `on_error` when Redis fails:
     /// the error is counted and logged, and the caller gets a decision.
     pub async fn decide_or_fallback(&self, batch: &Batch, now: Nanos) -> Outcome {
@@ -427,9 +475,11 @@ impl RedisStore {
         }
     }
 
-    /// The outcome `on_error` prescribes for `batch`.
+    /// The outcome `on_error` prescribes for `batch`. A dry run is judged
+    /// as the real request would be (allowed under `allow`) and consumes
+    /// nothing either way.
     pub fn fallback(&self, batch: &Batch, now: Nanos) -> Outcome {
-        let allow = self.inner.opts.on_error == FailMode::Allow && !batch.dry_run;
+        let allow = self.inner.opts.on_error == FailMode::Allow;
         let deny_wait = Some(1_000_000_000);
         Outcome {
             buckets: batch
@@ -456,7 +506,7 @@ impl RedisStore {
                     held: if allow { 0 } else { s.max },
                 })
                 .collect(),
-            committed: allow,
+            committed: allow && !batch.dry_run,
         }
     }
 
@@ -805,8 +855,14 @@ impl Store for RedisStore {
     /// is counted and logged like any other store error.
     fn release_detached(&self, lease: LeaseId, now: Nanos) {
         let this = self.clone();
+        // Counted until answered: shutdown waits for them
+        // ([`RedisStore::settle`]).
+        self.inner.detached.fetch_add(1, Ordering::AcqRel);
         self.inner.handle.spawn(async move {
             let _ = this.release_async(lease, now).await;
+            if this.inner.detached.fetch_sub(1, Ordering::AcqRel) == 1 {
+                this.inner.settled.notify_waiters();
+            }
         });
     }
 

@@ -277,9 +277,11 @@ impl App {
     /// One decision on whichever store, for callers on an event loop:
     /// with Redis the round trip is awaited, so the thread serves other
     /// connections meanwhile (the engine's own [`Engine::decide`] would
-    /// wait on the thread), and a failing Redis answers `store.on_error`,
-    /// counted in `sluice_store_errors_total`. With memory it is the
-    /// engine's call, nothing awaited.
+    /// wait on the thread), and a failing Redis answers `store.on_error`
+    /// (allowed, or denied for a second as `store.unavailable`; never an
+    /// automatic ban), counted in `sluice_store_errors_total`. The Redis
+    /// call runs on the store's runtime, whatever runtime awaits it. With
+    /// memory it is the engine's call, nothing awaited.
     pub async fn decide_async(
         &self,
         req: &sluice_core::Request<'_>,
@@ -288,7 +290,9 @@ impl App {
         match &self.inner.backend {
             // Boxed: a plan is large, and the memory path (every decision
             // of a memory store) should not carry its space.
-            crate::backend::Backend::Redis(_) => Box::pin(crate::backend::decide(self, req, mode)).await,
+            crate::backend::Backend::Redis(_) => {
+                Box::pin(crate::backend::decide(self, req, mode, true)).await
+            }
             crate::backend::Backend::Memory(_) => self.engine().decide(req, mode),
         }
     }
@@ -306,6 +310,7 @@ impl App {
                     self,
                     req,
                     sluice_core::Mode::Acquire { ttl: None },
+                    true,
                 ))
                 .await?;
                 Ok(self.engine().guard(d))

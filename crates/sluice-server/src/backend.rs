@@ -95,25 +95,68 @@ impl Backend {
     }
 }
 
-/// One decision, on whichever store.
-pub(crate) async fn decide(app: &App, req: &Request<'_>, mode: Mode) -> Result<Decision, EngineError> {
+/// One decision, on whichever store. `elsewhere`: the caller runs on a
+/// runtime of its own (a gateway worker), so the Redis call is run on the
+/// store's ([`RedisStore::decide_spawned`]).
+pub(crate) async fn decide(
+    app: &App,
+    req: &Request<'_>,
+    mode: Mode,
+    elsewhere: bool,
+) -> Result<Decision, EngineError> {
     let Backend::Redis(store) = &app.inner.backend else {
         return app.engine().decide(req, mode);
     };
     let engine = app.engine();
     let plan = engine.plan(req, mode)?;
-    let outcome = if plan.needs_store() {
-        match store.decide_async(plan.batch(), plan.now()).await {
-            Ok(o) => o,
-            Err(_) => {
-                app.inner.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
-                store.fallback(plan.batch(), plan.now())
-            }
-        }
+    if !plan.needs_store() {
+        return Ok(engine.finish(plan, Default::default()));
+    }
+    let answer = if elsewhere {
+        store.decide_spawned(plan.batch(), plan.now()).await
     } else {
-        Default::default()
+        store.decide_async(plan.batch(), plan.now()).await
     };
-    Ok(engine.finish(plan, outcome))
+    match answer {
+        Ok(outcome) => Ok(engine.finish(plan, outcome)),
+        Err(_) => {
+            app.inner.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+            Ok(unavailable(app))
+        }
+    }
+}
+
+/// What a decision the store could not take answers: `store.on_error`,
+/// allowed (nothing reported, no lease) or denied for a second as
+/// `store.unavailable`. Never a limit's denial: no limit is reported as
+/// spent, and no automatic ban counts it — an outage must not ban the
+/// clients who happened to log in during it.
+fn unavailable(app: &App) -> Decision {
+    match app.config().store.on_error {
+        OnError::Allow => Decision::allow(),
+        OnError::Deny => Decision {
+            allowed: false,
+            retry_after: Duration::from_secs(1),
+            reason: sluice_core::Reason::Limited("store.unavailable"),
+            limits: Default::default(),
+            lease: None,
+            banned: None,
+        },
+    }
+}
+
+/// At shutdown: waits (a little) for the releases dropped guards sent to
+/// Redis without waiting, so their slots are not left held until the
+/// lease's TTL.
+pub(crate) async fn settle(app: &App) {
+    if let Backend::Redis(store) = &app.inner.backend {
+        let within = (store.options().command_timeout * 2).max(Duration::from_secs(1));
+        if !store.settle(within).await {
+            tracing::warn!(
+                "redis store: releases still unanswered at shutdown; their slots lapse with their leases"
+            );
+        }
+    }
 }
 
 /// Reads the store-wide gauges now, before a scrape renders them. Redis

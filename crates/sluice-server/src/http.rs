@@ -443,7 +443,7 @@ async fn run_decision(
         (false, true) => Mode::DryRun,
         (false, false) => Mode::Check,
     };
-    let d = crate::backend::decide(app, &req, mode)
+    let d = crate::backend::decide(app, &req, mode, false)
         .await
         .map_err(|e| Box::new(engine_error(app, e)))?;
     if !ask.dry_run {

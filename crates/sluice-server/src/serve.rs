@@ -12,12 +12,16 @@ use tower::Service as _;
 
 use crate::app::{App, ServerError};
 
-/// Time a client has to send a whole request head, counted from the end
-/// of the previous answer on a kept-alive connection: hyper's
-/// `header_read_timeout`. A client that trickles a head, or idles on its
-/// connection, is closed after it, as by the gateway and nginx's
-/// `client_header_timeout`.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a client has to send a whole request head, counted from the
+/// connection's start or the end of the previous answer on a kept-alive
+/// connection: hyper's `header_read_timeout`, which covers both. A client
+/// that trickles a head, or idles on its connection, is closed after it.
+/// 75 s, nginx's `keepalive_timeout`: the API's callers are servers that
+/// keep pools of connections (an idle one closed under a client that is
+/// just reusing it fails that request), so an idle connection is kept
+/// longer than the gateway's 30 s; what matters against slow clients is
+/// that the time is bounded.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops
 /// accepting, lets in-flight requests finish, and writes the ban list.
@@ -51,8 +55,10 @@ pub async fn serve(
                     // Out of file descriptors, say: wait, as axum does,
                     // rather than spin; the connections open still close.
                     tracing::error!("decision API: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+                    tokio::select! {
+                        () = &mut shutdown => break Ok(()),
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
                 }
             },
         };
@@ -71,6 +77,9 @@ pub async fn serve(
             let _ = conn.await;
         });
     };
+    // New connections are refused from now on (not left in the backlog
+    // while the rest drains), so a caller can fail over at once.
+    drop(listener);
     // Gateways stop accepting and drain at the same time as the API.
     app.inner.shutdown.send_replace(true);
     // Idle connections close now; those with a request in flight after
@@ -80,6 +89,9 @@ pub async fn serve(
     for t in tasks {
         let _ = t.await;
     }
+    // Slots the gateways gave back without waiting reach Redis before
+    // the runtime (and those releases with it) ends.
+    crate::backend::settle(&app).await;
     persist.abort();
     app.flush_bans()?;
     result
