@@ -161,7 +161,14 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 pub struct LimitExceeded;
 
 /// Charges `n` bytes; `Err` is the denying decision.
-pub type Charger = Box<dyn FnMut(u64) -> Result<(), Box<Decision>> + Send + Sync>;
+///
+/// A future, not a call: on a Redis store the charge is a round trip,
+/// awaited while the body waits, and the worker's thread serves its other
+/// connections meanwhile (a memory store's is ready at once).
+pub type Charger = Box<dyn FnMut(u64) -> Charge + Send + Sync>;
+
+/// One charge in progress ([`Charger`]).
+pub type Charge = Pin<Box<dyn std::future::Future<Output = Result<(), Box<Decision>>> + Send>>;
 
 /// Something released when dropped (a concurrency slot).
 pub type Held = Box<dyn Send + Sync>;
@@ -175,6 +182,10 @@ pub type Verdict = Arc<Mutex<Option<Decision>>>;
 pub struct Metered {
     inner: ProxyBody,
     charge: Option<Charger>,
+    /// A frame waiting for its charge's answer. In a mutex only so that
+    /// the body is `Sync` (as `BoxBody` asks) without the future having to
+    /// be: it is reached through `get_mut`, never locked.
+    pending: Mutex<Option<(Frame<Bytes>, Charge)>>,
     /// Where a denial is left (none when nobody reads it).
     verdict: Option<Verdict>,
     stopped: bool,
@@ -187,9 +198,28 @@ impl Metered {
         Self {
             inner,
             charge,
+            pending: Mutex::new(None),
             verdict,
             stopped: false,
             _held: held,
+        }
+    }
+
+    /// `frame` once its charge has answered `r`.
+    fn charged(
+        &mut self,
+        frame: Frame<Bytes>,
+        r: Result<(), Box<Decision>>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match r {
+            Ok(()) => Poll::Ready(Some(Ok(frame))),
+            Err(d) => {
+                if let Some(v) = &self.verdict {
+                    *v.lock().unwrap_or_else(|p| p.into_inner()) = Some(*d);
+                }
+                self.stopped = true;
+                Poll::Ready(Some(Err(BoxError::new(LimitExceeded))))
+            }
         }
     }
 
@@ -211,16 +241,30 @@ impl Body for Metered {
             return Poll::Ready(None);
         }
         let this = &mut *self;
+        let pending = this
+            .pending
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, charge)) = pending {
+            let r = std::task::ready!(charge.as_mut().poll(cx));
+            if let Some((frame, _)) = pending.take() {
+                return this.charged(frame, r);
+            }
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(charge)) = (frame.data_ref(), this.charge.as_mut()) {
-                    if let Err(d) = charge(data.len() as u64) {
-                        if let Some(v) = &this.verdict {
-                            *v.lock().unwrap_or_else(|p| p.into_inner()) = Some(*d);
+                if let (Some(data), Some(charger)) = (frame.data_ref(), this.charge.as_mut()) {
+                    let mut charge = charger(data.len() as u64);
+                    return match charge.as_mut().poll(cx) {
+                        Poll::Ready(r) => this.charged(frame, r),
+                        Poll::Pending => {
+                            *this
+                                .pending
+                                .get_mut()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((frame, charge));
+                            Poll::Pending
                         }
-                        this.stopped = true;
-                        return Poll::Ready(Some(Err(BoxError::new(LimitExceeded))));
-                    }
+                    };
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -229,7 +273,9 @@ impl Body for Metered {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.stopped || self.inner.is_end_stream()
+        // The lock is never held (see `pending`): this does not wait.
+        let waiting = self.pending.lock().map_or(true, |p| p.is_some());
+        self.stopped || (!waiting && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -910,26 +910,37 @@ impl Gateway {
 
     /// A charger for the route's byte action: each call checks `n` bytes.
     fn charger(&self, who: &Who, route: &Route) -> Charger {
-        let gw = self.clone();
-        let side = route.side;
-        let action = route.action.clone().unwrap_or_else(|| "request".to_owned());
-        let targets = who.targets.clone();
-        let list = who.list.clone();
+        // Shared by every charge of the body: one clone per body, not per
+        // frame.
+        let ctx = Arc::new((
+            self.clone(),
+            route.side,
+            route.action.clone().unwrap_or_else(|| "request".to_owned()),
+            who.targets.clone(),
+            who.list.clone(),
+        ));
         Box::new(move |n| {
-            let ask = Ask {
-                side,
-                action: &action,
-                targets: targets.clone(),
-                cost: n,
-            };
-            match gw.engine().check(&ask) {
-                Ok(d) if d.allowed => Ok(()),
-                Ok(d) => {
-                    gw.shared.app.observe(side, &action, &list, &d);
-                    Err(Box::new(d))
+            let ctx = ctx.clone();
+            Box::pin(async move {
+                let (gw, side, action, targets, list) = &*ctx;
+                let ask = Ask {
+                    side: *side,
+                    action,
+                    targets: targets.clone(),
+                    cost: n,
+                };
+                // Awaited: on Redis the worker serves its other connections
+                // meanwhile, and a failing Redis answers `on_error`.
+                match gw.shared.app.decide_async(&ask, Mode::Check).await {
+                    Ok(d) if d.allowed => Ok(()),
+                    Ok(d) => {
+                        gw.shared.app.observe(*side, action, list, &d);
+                        Err(Box::new(d))
+                    }
+                    // An action the policy no longer has: fail open.
+                    Err(_) => Ok(()),
                 }
-                Err(_) => Ok(()),
-            }
+            })
         })
     }
 

@@ -141,10 +141,17 @@ async fn media_upload_and_download_count_bytes() {
         .contains("client.target.media_download.ip"));
 }
 
+const BYTE_LIMITS: &str =
+    "[limits.client.target]\nmedia_create = \"100B/1h\"\nmedia_download = \"100B/1h\"\n";
+
 #[tokio::test]
 async fn chunked_bodies_are_metered_as_they_flow() {
-    let limits = "[limits.client.target]\nmedia_create = \"100B/1h\"\nmedia_download = \"100B/1h\"\n";
-    let h = start("matrix", &format!("{TRUSTING}{limits}"), "").await;
+    let h = start("matrix", &format!("{TRUSTING}{BYTE_LIMITS}"), "").await;
+    metered_as_they_flow(&h).await;
+}
+
+/// Bodies of unknown length, with `BYTE_LIMITS`: charged frame by frame.
+async fn metered_as_they_flow(h: &Harness) {
     // 5 × 10 bytes with no Content-Length: counted frame by frame.
     let r = h
         .send_chunked("POST", "/_matrix/media/v3/upload", &[ALICE], 5)
@@ -1641,6 +1648,13 @@ async fn decisions_on_redis_are_the_same() {
         assert!(tries < 200, "the held slots were never released");
         tokio::task::yield_now().await;
     }
+
+    // Bodies of unknown length, charged frame by frame through Redis
+    // (each charge awaited inside the body).
+    let prefix = format!("gwtest{}x{}:", std::process::id(), line!());
+    let store = format!("[store]\nkind = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"{prefix}\"\n");
+    let h = start("matrix", &format!("{TRUSTING}{BYTE_LIMITS}{store}"), "").await;
+    metered_as_they_flow(&h).await;
 }
 
 /// A Redis that cannot be reached answers `store.on_error`, for every
