@@ -185,7 +185,7 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: PeerAddr) {
         .app
         .engine()
         .with_policy(|p| p.normalizer().ip_target(client_addr.ip()));
-    let (guard, permit) = match admit(&ctx, client_addr, &target) {
+    let (guard, permit) = match admit(&ctx, client_addr, &target).await {
         Ok(a) => a,
         Err(refusal) => {
             ctx.metrics.refuse(refusal);
@@ -276,8 +276,9 @@ async fn read_proxy(
     }
 }
 
-/// Steps 2 and 3 of the module docs.
-fn admit(
+/// Steps 2 and 3 of the module docs. On Redis the decisions are awaited
+/// (`App::decide_async`): a runtime thread is not held for the round trip.
+async fn admit(
     ctx: &Ctx,
     client: ClientAddr,
     target: &Target,
@@ -295,7 +296,7 @@ fn admit(
     };
     let targets = std::slice::from_ref(target);
     let Ok(permit) = ctx.cap.clone().try_acquire_owned() else {
-        if let Ok(d) = app.engine().dry_run(&req) {
+        if let Ok(d) = app.decide_async(&req, sluice_core::Mode::DryRun).await {
             if matches!(d.reason, Reason::Banned(_) | Reason::Blocked(_)) {
                 app.observe(side, "connection", targets, &d);
                 return Err(refusal_of(&d));
@@ -303,10 +304,15 @@ fn admit(
         }
         return Err(Refusal::ListenerFull);
     };
-    match app.engine().acquire_guard(&req) {
+    match app.acquire_guard_async(&req).await {
         Ok(Ok(guard)) => {
             app.observe(side, "connection", targets, guard.decision());
             Ok((Some(guard), permit))
+        }
+        Ok(Err(d)) if matches!(d.reason, Reason::Limited(n) if n == sluice_server::STORE_UNAVAILABLE) => {
+            // Redis failed and `on_error = "deny"`: counted as the store's
+            // refusal, not a limit's.
+            Err(Refusal::StoreError)
         }
         Ok(Err(d)) => {
             app.observe(side, "connection", targets, &d);
@@ -360,7 +366,7 @@ async fn relay(ctx: &Ctx, client: TcpStream, upstream: TcpStream, addr: ClientAd
         dir,
         conn: per_conn.filter(|_| on).map(|r| ConnBudget::new(r, ctx.base)),
         ip: per_ip.filter(|_| on).map(|_| IpBudget {
-            engine: ctx.app.engine().clone(),
+            app: ctx.app.clone(),
             side,
             ip: addr.ip(),
         }),

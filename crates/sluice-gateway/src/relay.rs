@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::gcra::{Gcra, Verdict};
-use sluice_core::{Engine, Rate, Reason, Request, Side, Targets};
+use sluice_core::{Rate, Reason, Request, Side, Targets};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -65,7 +65,7 @@ impl ConnBudget {
 /// one address (and across instances with a shared store).
 #[derive(Clone)]
 pub(crate) struct IpBudget {
-    pub engine: Engine,
+    pub app: sluice_server::App,
     pub side: Side,
     pub ip: IpAddr,
 }
@@ -95,10 +95,16 @@ impl IpBudget {
                 },
                 cost,
             };
-            // A failing store never stalls traffic: bandwidth fails open.
-            let Ok(d) = self.engine.check(&req) else {
+            // A failing store never stalls traffic: bandwidth fails open
+            // (an unknown action, or Redis unavailable whatever `on_error`
+            // says). On Redis the charge is awaited, not waited for on the
+            // runtime's thread.
+            let Ok(d) = self.app.decide_async(&req, sluice_core::Mode::Check).await else {
                 return Ok(());
             };
+            if matches!(d.reason, Reason::Limited(n) if n == sluice_server::STORE_UNAVAILABLE) {
+                return Ok(());
+            }
             if d.allowed {
                 left -= cost;
                 continue;

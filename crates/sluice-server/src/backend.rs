@@ -137,7 +137,7 @@ fn unavailable(app: &App) -> Decision {
         OnError::Deny => Decision {
             allowed: false,
             retry_after: Duration::from_secs(1),
-            reason: sluice_core::Reason::Limited("store.unavailable"),
+            reason: sluice_core::Reason::Limited(crate::STORE_UNAVAILABLE),
             limits: Default::default(),
             lease: None,
             banned: None,

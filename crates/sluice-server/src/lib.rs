@@ -31,4 +31,10 @@ pub mod top;
 pub use app::{default_state_dir, App, MetricsSource, ServerError};
 pub use http::{ms as retry_ms, rate_headers, rate_lines, router};
 pub use metrics::Striped;
+
+/// The name a decision is denied under when the store could not decide
+/// and `store.on_error = "deny"` ([`App::decide_async`]): no limit's
+/// denial, so callers that fail open on a store error (a bandwidth
+/// budget) can tell it apart.
+pub const STORE_UNAVAILABLE: &str = "store.unavailable";
 pub use serve::{run, serve, shutdown_signal, HEADER_READ_TIMEOUT};

@@ -217,10 +217,11 @@ fn redis_outage_fails_closed_and_recovers() {
     );
 }
 
-/// The TCP gateway decides its connections on Redis: the decisions are
-/// the sync engine calls a gateway makes from the service's runtime, and
-/// they must reach Redis rather than time out (with `on_error = "deny"`,
-/// a timed-out decision would refuse every connection).
+/// The TCP gateway decides its connections on Redis: the decisions,
+/// awaited on the service's runtime, must reach Redis rather than time out
+/// (with `on_error = "deny"`, a timed-out decision would refuse every
+/// connection), and a closed connection's lease, released without
+/// waiting, must reach it too.
 #[test]
 fn tcp_gateway_decides_on_redis() {
     use std::io::{Read, Write};
