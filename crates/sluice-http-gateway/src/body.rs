@@ -330,4 +330,67 @@ mod tests {
         assert!(wrapped.caused_by::<BodyTimeout>());
         assert!(!BoxError::new(LimitExceeded).caused_by::<BodyTimeout>());
     }
+
+    /// A frame waits for its charge's answer (here, on the charge's second
+    /// poll): frames come out in order, none before its charge allowed it,
+    /// and the first refused one ends the body with the denial left for
+    /// the handler.
+    #[tokio::test]
+    async fn each_frame_waits_for_its_charge() {
+        let parts = ["ab", "cd", "ef", "gh"];
+        let inner = BoxBody::new(Frames(
+            parts
+                .iter()
+                .map(|p| Frame::data(Bytes::from_static(p.as_bytes())))
+                .collect(),
+        ));
+        let charged = Arc::new(Mutex::new(Vec::new()));
+        let seen = charged.clone();
+        let charger: Charger = Box::new(move |n| {
+            let seen = seen.clone();
+            let mut polled = false;
+            Box::pin(std::future::poll_fn(move |cx| {
+                if !polled {
+                    polled = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                seen.push(n);
+                if seen.len() == 3 {
+                    let mut d = Decision::allow();
+                    d.allowed = false;
+                    return Poll::Ready(Err(Box::new(d)));
+                }
+                Poll::Ready(Ok(()))
+            }))
+        });
+        let verdict: Verdict = Arc::new(Mutex::new(None));
+        let mut b = Metered::new(inner, Some(charger), Some(verdict.clone()), Vec::new());
+        assert_eq!(b.frame().await.unwrap().unwrap().into_data().unwrap(), "ab");
+        assert_eq!(b.frame().await.unwrap().unwrap().into_data().unwrap(), "cd");
+        assert!(!b.is_end_stream());
+        let e = b.frame().await.unwrap().unwrap_err();
+        assert!(e.caused_by::<LimitExceeded>());
+        assert!(b.frame().await.is_none());
+        assert_eq!(*charged.lock().unwrap(), [2, 2, 2]);
+        assert!(verdict.lock().unwrap().as_ref().is_some_and(|d| !d.allowed));
+    }
+
+    /// A body of frames all ready at once.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
 }

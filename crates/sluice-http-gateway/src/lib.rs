@@ -200,8 +200,10 @@ async fn serve(
     drop(listener);
     drop(open_tx);
     let _ = tokio::time::timeout(DRAIN, open_rx.recv()).await;
-    // Dropping the workers closes their queues: each thread ends.
-    drop(workers);
+    // Closing the workers' queues ends each thread; waited for, so the
+    // slots of connections still open are released before the service
+    // settles its store.
+    workers.stop().await;
 }
 
 /// Serves one accepted connection on the current (worker) runtime: the

@@ -933,6 +933,12 @@ impl Gateway {
                 // meanwhile, and a failing Redis answers `on_error`.
                 match gw.shared.app.decide_async(&ask, Mode::Check).await {
                     Ok(d) if d.allowed => Ok(()),
+                    // Redis failed under `on_error = "deny"`: a body already
+                    // flowing is not cut for it (as the TCP gateway's
+                    // bandwidth fails open).
+                    Ok(d) if matches!(d.reason, Reason::Limited(n) if n == sluice_server::STORE_UNAVAILABLE) => {
+                        Ok(())
+                    }
                     Ok(d) => {
                         gw.shared.app.observe(*side, action, list, &d);
                         Err(Box::new(d))

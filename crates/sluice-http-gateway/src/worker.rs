@@ -48,6 +48,8 @@ struct Lane {
 /// worker then stops, dropping the connections it still has.
 pub(crate) struct Workers {
     lanes: Vec<Lane>,
+    /// The worker threads, joined by [`Workers::stop`].
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Workers {
@@ -61,6 +63,7 @@ impl Workers {
     ) -> Result<Self, GatewayError> {
         let addr = gw.shared.cfg.listen;
         let mut lanes = Vec::with_capacity(n.max(1));
+        let mut threads = Vec::with_capacity(n.max(1));
         for i in 0..n.max(1) {
             let (queue, rx) = mpsc::unbounded_channel();
             let open = Arc::new(AtomicUsize::new(0));
@@ -71,7 +74,7 @@ impl Workers {
                 stop: stop.clone(),
                 open: open.clone(),
             };
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name(format!("sluice-http-{i}"))
                 .spawn(move || {
                     // Built on its own thread: a runtime must not be dropped
@@ -88,6 +91,7 @@ impl Workers {
                     }
                 })
                 .map_err(|source| GatewayError::Worker { addr, source })?;
+            threads.push(thread);
             match ready_rx.await {
                 Ok(Ok(())) => {}
                 Ok(Err(source)) => return Err(GatewayError::Worker { addr, source }),
@@ -100,7 +104,22 @@ impl Workers {
             }
             lanes.push(Lane { queue, open });
         }
-        Ok(Self { lanes })
+        Ok(Self { lanes, threads })
+    }
+
+    /// Closes the workers' queues and waits (at most 5 s) for their threads
+    /// to end: each drops the connections it still has, and with them
+    /// their slots, whose releases (on Redis, sent without waiting) are
+    /// then out before the service waits for them to settle.
+    pub(crate) async fn stop(self) {
+        let Workers { lanes, threads } = self;
+        drop(lanes);
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), joined).await;
     }
 
     /// Hands `stream` to the worker with the fewest open connections.

@@ -431,19 +431,25 @@ impl RedisStore {
     /// always lands on the store's runtime, never on a worker whose thread
     /// a synchronous call may hold (which would stall every decision of
     /// the process until it timed out).
+    ///
+    /// The call runs to its end even if the caller goes (its request
+    /// dropped): a lease it took then has no guard to give it back, so it
+    /// is released here.
     pub async fn decide_spawned(&self, batch: &Batch, now: Nanos) -> Result<Outcome, StoreError> {
         let this = self.clone();
         let batch = batch.clone();
-        match self
-            .inner
-            .handle
-            .spawn(async move { this.decide_async(&batch, now).await })
-            .await
-        {
-            Ok(r) => r,
-            // The store's runtime is shutting down.
-            Err(e) => Err(StoreError::Unavailable(format!("redis store task: {e}"))),
-        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner.handle.spawn(async move {
+            let r = this.decide_async(&batch, now).await;
+            if let Err(Ok(out)) = tx.send(r) {
+                if let (true, Some((lease, _))) = (out.committed, batch.lease) {
+                    this.release_detached(lease, now);
+                }
+            }
+        });
+        // Dropped unanswered: the store's runtime is shutting down.
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("redis store task ended".to_owned())))
     }
 
     /// Waits until every release sent without waiting
@@ -827,6 +833,18 @@ impl RedisStore {
     }
 }
 
+/// One release sent without waiting, counted until dropped
+/// ([`RedisStore::settle`]).
+struct Detached(RedisStore);
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if self.0.inner.detached.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.inner.settled.notify_waiters();
+        }
+    }
+}
+
 fn unavailable(e: redis::RedisError) -> StoreError {
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
         StoreError::Unavailable(e.to_string())
@@ -859,10 +877,10 @@ impl Store for RedisStore {
         // ([`RedisStore::settle`]).
         self.inner.detached.fetch_add(1, Ordering::AcqRel);
         self.inner.handle.spawn(async move {
+            // Counted down however the task ends (answered, failed,
+            // cancelled with the runtime).
+            let _out = Detached(this.clone());
             let _ = this.release_async(lease, now).await;
-            if this.inner.detached.fetch_sub(1, Ordering::AcqRel) == 1 {
-                this.inner.settled.notify_waiters();
-            }
         });
     }
 

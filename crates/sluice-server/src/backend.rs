@@ -121,6 +121,15 @@ pub(crate) async fn decide(
         Ok(outcome) => Ok(engine.finish(plan, outcome)),
         Err(_) => {
             app.inner.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+            if matches!(mode, Mode::Acquire { ttl: Some(_) }) && app.config().store.on_error == OnError::Allow
+            {
+                // An API lease under `allow`: granted with its lease token,
+                // as callers expect one to release (Redis does not know
+                // it: the release answers `released: false`). Everything
+                // allows here, so nothing is denied or banned.
+                let granted = store.fallback(plan.batch(), plan.now());
+                return Ok(engine.finish(plan, granted));
+            }
             Ok(unavailable(app))
         }
     }
