@@ -23,6 +23,9 @@ use crate::app::{App, ServerError};
 /// that the time is bounded.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
 
+/// Longest wait at shutdown for the API's connections to finish.
+const DRAIN: Duration = Duration::from_secs(30);
+
 /// Serves `app` on `listener` until `shutdown` completes, then stops
 /// accepting, lets in-flight requests finish, and writes the ban list.
 ///
@@ -83,8 +86,12 @@ pub async fn serve(
     // Gateways stop accepting and drain at the same time as the API.
     app.inner.shutdown.send_replace(true);
     // Idle connections close now; those with a request in flight after
-    // its answer.
-    graceful.shutdown().await;
+    // its answer — within `DRAIN`: a client that stops reading its answer
+    // does not hold the shutdown (the gateways drain within the same
+    // time).
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("decision API: connections still open after {DRAIN:?}; closing them");
+    }
     let tasks = std::mem::take(&mut *app.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
     for t in tasks {
         let _ = t.await;
