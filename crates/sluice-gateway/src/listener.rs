@@ -309,7 +309,7 @@ async fn admit(
             app.observe(side, "connection", targets, guard.decision());
             Ok((Some(guard), permit))
         }
-        Ok(Err(d)) if matches!(d.reason, Reason::Limited(n) if n == sluice_server::STORE_UNAVAILABLE) => {
+        Ok(Err(d)) if sluice_server::store_unavailable(&d) => {
             // Redis failed and `on_error = "deny"`: counted as the store's
             // refusal, not a limit's.
             Err(Refusal::StoreError)

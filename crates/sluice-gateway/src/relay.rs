@@ -102,7 +102,7 @@ impl IpBudget {
             let Ok(d) = self.app.decide_async(&req, sluice_core::Mode::Check).await else {
                 return Ok(());
             };
-            if matches!(d.reason, Reason::Limited(n) if n == sluice_server::STORE_UNAVAILABLE) {
+            if sluice_server::store_unavailable(&d) {
                 return Ok(());
             }
             if d.allowed {

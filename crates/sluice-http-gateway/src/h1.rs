@@ -372,19 +372,11 @@ pub(crate) fn raw_fields(head: &[u8]) -> RawFields {
     }
 }
 
-/// Names of the hop-by-hop fields an answer passed on raw must not have
-/// (`Connection` and `Keep-Alive` are dropped from it instead).
+/// Names of the hop-by-hop fields an answer passed on raw must not have:
+/// the gateway's list, less `Connection` and `Keep-Alive` (its first two),
+/// which are dropped from it instead.
 fn hop_by_hop(name: &[u8]) -> bool {
-    let candidates: &[&[u8]] = match name.len() {
-        2 => &[b"te"],
-        7 => &[b"trailer", b"upgrade"],
-        16 => &[b"proxy-connection"],
-        17 => &[b"transfer-encoding"],
-        18 => &[b"proxy-authenticate"],
-        19 => &[b"proxy-authorization"],
-        _ => return false,
-    };
-    candidates.iter().any(|c| name.eq_ignore_ascii_case(c))
+    crate::proxy::hop_by_hop_index(name).is_some_and(|i| i > 1)
 }
 
 /// Names of the fields the gateway sets on a forwarded answer, replacing
@@ -397,6 +389,21 @@ fn gateways(name: &[u8]) -> bool {
         _ => return false,
     };
     candidates.iter().any(|c| name.eq_ignore_ascii_case(c))
+}
+
+/// What a `Connection` value says: `close` among its tokens, and whether
+/// it names anything but `close` and `keep-alive` (fields for
+/// `strip_hop_by_hop` to remove).
+fn connection_tokens(value: &[u8]) -> (bool, bool) {
+    let (mut close, mut other) = (false, false);
+    for t in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if t.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else if !t.eq_ignore_ascii_case(b"keep-alive") && !t.is_empty() {
+            other = true;
+        }
+    }
+    (close, other)
 }
 
 /// A `Content-Length` value in canonical form (digits only, no leading
@@ -460,14 +467,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, BoxError> {
         // else it names is left for `strip_hop_by_hop`) and `Keep-Alive`.
         let mut drop = false;
         if name.eq_ignore_ascii_case(b"connection") {
-            let mut other = false;
-            for t in f.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if !t.eq_ignore_ascii_case(b"keep-alive") && !t.is_empty() {
-                    other = true;
-                }
-            }
+            let (says_close, other) = connection_tokens(f.value);
+            close |= says_close;
             named |= other;
             drop = !other;
         } else if name.eq_ignore_ascii_case(b"keep-alive") {
@@ -527,11 +528,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, BoxError> {
         if name.eq_ignore_ascii_case(b"keep-alive") {
             continue;
         }
-        if name.eq_ignore_ascii_case(b"connection")
-            && f.value.split(|&b| b == b',').map(<[u8]>::trim_ascii).all(|t| {
-                t.is_empty() || t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive")
-            })
-        {
+        if name.eq_ignore_ascii_case(b"connection") && !connection_tokens(f.value).1 {
             continue;
         }
         let name = HeaderName::from_bytes(name).map_err(|_| invalid("invalid upstream header name"))?;
@@ -676,12 +673,8 @@ fn canonical_length(headers: &mut HeaderMap) -> Result<Option<u64>, BoxError> {
     match (values.next(), values.next()) {
         (None, _) => return Ok(None),
         (Some(v), None) => {
-            let b = v.as_bytes();
-            if (1..=19).contains(&b.len())
-                && b.iter().all(u8::is_ascii_digit)
-                && (b[0] != b'0' || b.len() == 1)
-            {
-                return Ok(Some(b.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'))));
+            if let Some(n) = canonical_digits(v.as_bytes()) {
+                return Ok(Some(n));
             }
         }
         _ => {}
@@ -689,10 +682,8 @@ fn canonical_length(headers: &mut HeaderMap) -> Result<Option<u64>, BoxError> {
     let mut length: Option<u64> = None;
     let mut canonical = true;
     for (i, v) in headers.get_all(header::CONTENT_LENGTH).into_iter().enumerate() {
-        // One value, digits only, no leading zero: passed on as it is.
-        let b = v.as_bytes();
-        canonical &=
-            i == 0 && !b.is_empty() && b.iter().all(u8::is_ascii_digit) && (b[0] != b'0' || b.len() == 1);
+        // One value in canonical form: passed on as it is.
+        canonical &= i == 0 && canonical_digits(v.as_bytes()).is_some();
         for part in v
             .to_str()
             .map_err(|_| invalid("invalid upstream Content-Length"))?

@@ -227,7 +227,9 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// A `static`: a `const` array would be built and dropped at every use.
 static HOP_BY_HOP: [HeaderName; 9] = [
-    // `Connection` first: `strip_hop_by_hop` reads its index.
+    // `Connection` first (`strip_hop_by_hop` reads its index), then
+    // `Keep-Alive`: the two an answer kept as written drops instead of
+    // refusing (`h1::parse_head`).
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -244,10 +246,10 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// body's length).
 static END_TO_END: [HeaderName; 3] = [header::HOST, header::AUTHORIZATION, header::CONTENT_LENGTH];
 
-/// `k`'s index in [`HOP_BY_HOP`]: names compared only when their length
-/// matches (most fields' names match no hop-by-hop length at all).
-fn hop_by_hop_index(k: &HeaderName) -> Option<usize> {
-    let name = k.as_str();
+/// A field name's index in [`HOP_BY_HOP`], in any case (a map's names
+/// and a raw head's alike): names compared only when their length matches
+/// (most fields' names match no hop-by-hop length at all).
+pub(crate) fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
     let candidates: &[usize] = match name.len() {
         2 => &[3],
         7 => &[4, 6],
@@ -261,7 +263,7 @@ fn hop_by_hop_index(k: &HeaderName) -> Option<usize> {
     candidates
         .iter()
         .copied()
-        .find(|&i| HOP_BY_HOP[i].as_str() == name)
+        .find(|&i| name.eq_ignore_ascii_case(HOP_BY_HOP[i].as_str().as_bytes()))
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
@@ -269,7 +271,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     // hop-by-hop names are there, instead of a hashed removal per name.
     let mut present = [false; 9];
     for k in h.keys() {
-        if let Some(i) = hop_by_hop_index(k) {
+        if let Some(i) = hop_by_hop_index(k.as_str().as_bytes()) {
             present[i] = true;
         }
     }
@@ -936,9 +938,7 @@ impl Gateway {
                     // Redis failed under `on_error = "deny"`: a body already
                     // flowing is not cut for it (as the TCP gateway's
                     // bandwidth fails open).
-                    Ok(d) if matches!(d.reason, Reason::Limited(n) if n == sluice_server::STORE_UNAVAILABLE) => {
-                        Ok(())
-                    }
+                    Ok(d) if sluice_server::store_unavailable(&d) => Ok(()),
                     Ok(d) => {
                         gw.shared.app.observe(*side, action, list, &d);
                         Err(Box::new(d))
@@ -1249,7 +1249,7 @@ mod tests {
     #[test]
     fn hop_by_hop_names_are_found_by_length_then_name() {
         for (i, n) in HOP_BY_HOP.iter().enumerate() {
-            assert_eq!(hop_by_hop_index(n), Some(i), "{n}");
+            assert_eq!(hop_by_hop_index(n.as_str().as_bytes()), Some(i), "{n}");
         }
         for other in [
             "host",
@@ -1260,7 +1260,7 @@ mod tests {
             "transfer-encodinx",
         ] {
             let n = HeaderName::from_bytes(other.as_bytes()).unwrap();
-            assert_eq!(hop_by_hop_index(&n), None, "{other}");
+            assert_eq!(hop_by_hop_index(n.as_str().as_bytes()), None, "{other}");
         }
     }
 

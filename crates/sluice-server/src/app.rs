@@ -304,19 +304,11 @@ impl App {
         &self,
         req: &sluice_core::Request<'_>,
     ) -> Result<Result<sluice_core::Guard, Decision>, EngineError> {
-        match &self.inner.backend {
-            crate::backend::Backend::Redis(_) => {
-                let d = Box::pin(crate::backend::decide(
-                    self,
-                    req,
-                    sluice_core::Mode::Acquire { ttl: None },
-                    true,
-                ))
-                .await?;
-                Ok(self.engine().guard(d))
-            }
-            crate::backend::Backend::Memory(_) => self.engine().acquire_guard(req),
-        }
+        // What `Engine::acquire_guard` does, the decision awaited.
+        let d = self
+            .decide_async(req, sluice_core::Mode::Acquire { ttl: None })
+            .await?;
+        Ok(self.engine().guard(d))
     }
 
     /// Whether a gateway refuses a connection whose decision failed with

@@ -37,4 +37,10 @@ pub use metrics::Striped;
 /// denial, so callers that fail open on a store error (a bandwidth
 /// budget) can tell it apart.
 pub const STORE_UNAVAILABLE: &str = "store.unavailable";
+
+/// Whether `d` is the denial of a store that could not decide
+/// ([`STORE_UNAVAILABLE`]), not a limit's.
+pub fn store_unavailable(d: &sluice_core::Decision) -> bool {
+    matches!(d.reason, sluice_core::Reason::Limited(n) if n == STORE_UNAVAILABLE)
+}
 pub use serve::{run, serve, shutdown_signal, HEADER_READ_TIMEOUT};
