@@ -4,7 +4,8 @@
 # Installs both into a venv under target/ (kept between runs; the install is
 # bounded), generates a config with open registration and Synapse's own rate
 # limits relaxed (sluice is the one limiting), starts it on a free loopback
-# port, and exports SLUICE_TEST_SYNAPSE_URL and SLUICE_TEST_SYNAPSE_PYTHON.
+# port (client and federation resources), and exports SLUICE_TEST_SYNAPSE_URL,
+# SLUICE_TEST_SYNAPSE_PYTHON and SLUICE_TEST_SYNAPSE_CONFIG.
 # If the install or start fails, nothing is exported: the test then fails
 # under SLUICE_TEST_STRICT=1 with that reason, and the rest still runs.
 synapse_venv="$PWD/target/synapse-venv"
@@ -33,7 +34,7 @@ c = yaml.safe_load(open(path))
 fast = {"per_second": 1000, "burst_count": 1000}
 c.update({
     "listeners": [{"port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
-                   "x_forwarded": True, "resources": [{"names": ["client"], "compress": False}]}],
+                   "x_forwarded": True, "resources": [{"names": ["client", "federation"], "compress": False}]}],
     "database": {"name": "sqlite3", "args": {"database": os.path.join(d, "homeserver.db")}},
     "enable_registration": True,
     "enable_registration_without_verification": True,
@@ -58,6 +59,8 @@ if [ "$synapse_ok" = 1 ]; then
   if wait_port "$synapse_port" 900; then
     export SLUICE_TEST_SYNAPSE_URL="http://127.0.0.1:$synapse_port"
     export SLUICE_TEST_SYNAPSE_PYTHON="$synapse_venv/bin/python"
+    # The route test reads Synapse's own servlet registrations with this config.
+    export SLUICE_TEST_SYNAPSE_CONFIG="$synapse_dir/homeserver.yaml"
     log "synapse on $SLUICE_TEST_SYNAPSE_URL"
   else
     tail -20 "$synapse_dir/synapse.log" >&2
