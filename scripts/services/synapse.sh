@@ -4,7 +4,8 @@
 # Installs both into a venv under target/ (kept between runs; the install is
 # bounded), generates a config with open registration and Synapse's own rate
 # limits relaxed (sluice is the one limiting), starts it on a free loopback
-# port, and exports SLUICE_TEST_SYNAPSE_URL and SLUICE_TEST_SYNAPSE_PYTHON.
+# port, and exports SLUICE_TEST_SYNAPSE_URL and SLUICE_TEST_SYNAPSE_PYTHON (the
+# latter as soon as the venv is installed).
 # If the install or start fails, nothing is exported: the test then fails
 # under SLUICE_TEST_STRICT=1 with that reason, and the rest still runs.
 synapse_venv="$PWD/target/synapse-venv"
@@ -18,6 +19,9 @@ if ! "$synapse_venv/bin/python" -c 'import synapse, nio' 2>/dev/null; then
   fi
 fi
 if [ "$synapse_ok" = 1 ]; then
+  # The venv alone serves tests that start their own Synapse
+  # (crates/sluice-server/tests/modules.rs, with the sluice module loaded).
+  export SLUICE_TEST_SYNAPSE_PYTHON="$synapse_venv/bin/python"
   synapse_dir=$(mktemp -d)
   synapse_port=$(free_port)
   (cd "$synapse_dir" && timeout 120 "$synapse_venv/bin/python" -m synapse.app.homeserver \
@@ -57,7 +61,6 @@ if [ "$synapse_ok" = 1 ]; then
   # Bounded: Synapse creates its database on first start (about 10 s here).
   if wait_port "$synapse_port" 900; then
     export SLUICE_TEST_SYNAPSE_URL="http://127.0.0.1:$synapse_port"
-    export SLUICE_TEST_SYNAPSE_PYTHON="$synapse_venv/bin/python"
     log "synapse on $SLUICE_TEST_SYNAPSE_URL"
   else
     tail -20 "$synapse_dir/synapse.log" >&2

@@ -349,3 +349,177 @@ fn synapse_module_failures_of_sluice_follow_on_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// ----- Prosody -------------------------------------------------------------------------------
+
+/// Starts Prosody (foreground, killed with the returned guard) on a free
+/// port with mod_sluice loaded and pointed at `sluice_url`.
+fn prosody(bin: &str, dir: &Path, sluice_url: &str, extra: &str) -> (Child, u16) {
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let d = dir.display();
+    let port = free_port();
+    let plugins = examples().join("prosody");
+    let cfg = dir.join("prosody.cfg.lua");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"run_as_root = true
+prosody_user = "root"
+pidfile = "{d}/prosody.pid"
+data_path = "{d}/data"
+certificates = "{d}"
+log = {{ info = "{d}/prosody.log" }}
+plugin_paths = {{ "{plugins}" }}
+modules_enabled = {{ "roster", "saslauth", "disco", "ping", "presence", "register", "sluice" }}
+modules_disabled = {{ "s2s" }}
+c2s_ports = {{ {port} }}
+c2s_interfaces = {{ "127.0.0.1" }}
+s2s_ports = {{ }}
+component_ports = {{ }}
+http_ports = {{ }}
+https_ports = {{ }}
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+allow_registration = true
+authentication = "internal_hashed"
+sluice_url = "{sluice_url}"
+{extra}
+VirtualHost "localhost"
+"#,
+            plugins = plugins.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Child(
+        Command::new(bin)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("-F")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(
+        &mut child,
+        port,
+        Duration::from_secs(30),
+        &dir.join("prosody.log"),
+    );
+    (child, port)
+}
+
+/// One registration or login by the raw client from `src`: what the server answered.
+fn xmpp(python: &str, port: u16, src: &str, what: &str, user: &str, password: &str) -> Value {
+    let out = Command::new(python)
+        .arg(helper("xmpp_client.py"))
+        .args([&port.to_string(), src, what, user, password])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{what} {user} from {src}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[test]
+fn prosody_module_limits_registrations_and_bans_password_guessers() {
+    let (Some(bin), Some(python)) = (env("SLUICE_TEST_PROSODY"), env("SLUICE_TEST_XMPP_PYTHON")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = sluice(
+        dir.path(),
+        "[limits.client.target]\nregistration = \"1/1d\"\nauthentication_failure = \"2/1d\"\n\n\
+         [[autoban]]\naction = \"authentication_failure\"\ndenials = 2\nwithin = \"1h\"\nban = \"1h\"\n",
+    );
+    let p1 = dir.path().join("prosody1");
+    let (_prosody, port) = prosody(
+        &bin,
+        &p1,
+        &format!("http://{}", server.addr),
+        "sluice_timeout = 2\nsluice_on_error = \"allow\"",
+    );
+    let x = |src: &str, what: &str, user: &str, pw: &str| xmpp(&python, port, src, what, user, pw);
+
+    // Registrations per address: the second from 127.0.0.2 gets the answer
+    // of Prosody's own throttle (mod_register_limits), with when to retry.
+    assert_eq!(
+        x("127.0.0.2", "register", "alice", "s3cretpw"),
+        json!({"ok": true})
+    );
+    assert_eq!(
+        x("127.0.0.2", "register", "bob", "s3cretpw"),
+        json!({"ok": false, "type": "wait", "condition": "policy-violation",
+               "text": "Too many registrations from this IP address recently, try again in 24 hours"})
+    );
+    assert_eq!(x("127.0.0.3", "register", "bob", "s3cretpw"), json!({"ok": true}));
+    assert_eq!(x("127.0.0.4", "login", "alice", "s3cretpw"), json!({"ok": true}));
+
+    // Password guessing from 127.0.0.5: two failures (2/1d) answered by
+    // Prosody, then refused before the password is looked at, and the
+    // refusals (2 within 1h) ban the address — even the right password.
+    for _ in 0..2 {
+        assert_eq!(
+            x("127.0.0.5", "login", "alice", "guess")["condition"],
+            "not-authorized"
+        );
+    }
+    assert_eq!(
+        x("127.0.0.5", "login", "alice", "guess"),
+        json!({"ok": false, "condition": "temporary-auth-failure",
+               "text": "Too many failed authentication attempts from this IP address, try again in 12 hours"})
+    );
+    assert_eq!(
+        x("127.0.0.5", "login", "alice", "guess")["condition"],
+        "temporary-auth-failure"
+    );
+    let bans = server.app.engine().bans().list(server.app.now());
+    assert!(
+        bans.iter().any(|b| b.target.to_string() == "ip:127.0.0.5"),
+        "no ban: {bans:?}"
+    );
+    assert_eq!(
+        x("127.0.0.5", "login", "alice", "s3cretpw"),
+        json!({"ok": false, "condition": "temporary-auth-failure",
+               "text": "Too many failed authentication attempts from this IP address, try again in 60 minutes"})
+    );
+    assert_eq!(x("127.0.0.4", "login", "alice", "s3cretpw"), json!({"ok": true}));
+
+    // sluice down, sluice_on_error = "allow": registrations and logins pass.
+    server.stop();
+    assert_eq!(
+        x("127.0.0.6", "register", "carol", "s3cretpw"),
+        json!({"ok": true})
+    );
+    assert_eq!(x("127.0.0.6", "login", "carol", "s3cretpw"), json!({"ok": true}));
+
+    // A sluice that accepts and never answers, sluice_on_error = "deny":
+    // refused once sluice_timeout has passed, as a `wait` error with a text.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_prosody2, port2) = prosody(
+        &bin,
+        &dir.path().join("prosody2"),
+        &format!("http://{}", silent.local_addr().unwrap()),
+        "sluice_timeout = 0.5\nsluice_on_error = \"deny\"",
+    );
+    let t0 = Instant::now();
+    assert_eq!(
+        xmpp(&python, port2, "127.0.0.7", "register", "dave", "s3cretpw"),
+        json!({"ok": false, "type": "wait", "condition": "resource-constraint",
+               "text": "Registration is unavailable for a moment, try again later"})
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+
+    // No client address in Prosody's log lines from the module.
+    let log = std::fs::read_to_string(p1.join("prosody.log")).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("sluice")).collect();
+    assert!(!lines.is_empty(), "the module logged nothing:\n{log}");
+    for l in lines {
+        assert!(!l.contains("127.0.0."), "address logged: {l}");
+    }
+}
