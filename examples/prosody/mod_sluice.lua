@@ -1,10 +1,19 @@
--- mod_sluice: ask sluice before in-band registrations and after failed
--- authentications, so Prosody's per-IP limits hold behind a load balancer
--- and are shared by every node.
+-- mod_sluice: ask sluice before in-band registrations and authentications,
+-- and report failed authentications, so Prosody's per-IP limits hold behind
+-- a load balancer, are shared by every node, and password guessers get
+-- banned by sluice's autoban rules.
 --
+--   plugin_paths = { "/usr/local/lib/prosody-sluice" }
 --   modules_enabled = { ..., "sluice" }
 --   sluice_url = "http://127.0.0.1:8470"
---   sluice_fail_open = true   -- what to do when sluice is unreachable
+--   sluice_timeout = 0.25     -- seconds; sluice answers in well under a millisecond
+--   sluice_on_error = "allow" -- or "deny": what to do when sluice fails
+--
+-- Refusals are answered as Prosody's own throttles answer (mod_register_limits:
+-- a `wait`-type `policy-violation` with a text), with when to retry from
+-- sluice's answer. Failures of sluice (unreachable, slower than
+-- sluice_timeout, an answer that is not a decision) follow sluice_on_error.
+-- Client addresses are not logged (sluice hashes them in its own logs).
 --
 -- With sluice's TCP gateway (or HAProxy) in front and mod_net_proxy
 -- enabled, session.ip is the real client address.
@@ -12,40 +21,122 @@
 local http = require "net.http";
 local json = require "util.json";
 local async = require "util.async";
+local errors = require "util.error";
+local st = require "util.stanza";
 
-local base = module:get_option_string("sluice_url", "http://127.0.0.1:8470");
-local fail_open = module:get_option_boolean("sluice_fail_open", true);
+local base = module:get_option_string("sluice_url", "http://127.0.0.1:8470"):gsub("/+$", "");
+local timeout = module:get_option_number("sluice_timeout", 0.25);
+-- COMPAT sluice_fail_open (a boolean) before sluice_on_error.
+local on_error = module:get_option_string("sluice_on_error",
+	module:get_option_boolean("sluice_fail_open", true) and "allow" or "deny");
+if on_error ~= "allow" and on_error ~= "deny" then
+	module:log("error", "sluice_on_error must be \"allow\" or \"deny\", not %q; using \"deny\"", on_error);
+	on_error = "deny";
+end
+local fail_open = on_error == "allow";
 
-local function check(action, targets)
+local xmlns_sasl = "urn:ietf:params:xml:ns:xmpp-sasl";
+
+-- One POST /v1/check. Returns the decision (`allowed`, `retry_after_ms`,
+-- `why`), or nil and the reason sluice gave none.
+local function ask(action, targets, dry_run)
 	local wait, done = async.waiter();
-	local allowed, why = fail_open, "sluice unreachable";
-	http.request(base .. "/v1/check", {
+	local answer, failure;
+	local finished = false;
+	local function finish() if not finished then finished = true; done(); end end
+	local req = http.request(base .. "/v1/check", {
 		method = "POST";
 		headers = { ["Content-Type"] = "application/json" };
-		body = json.encode({ action = action; targets = targets });
+		body = json.encode({ action = action; targets = targets; dry_run = dry_run or nil });
+		suppress_errors = true;
 	}, function (body, code)
-		if code == 200 then
-			local answer = json.decode(body);
-			if answer then
-				allowed = answer.allowed;
-				why = answer.limit or answer.reason;
+		if code ~= 200 then
+			failure = code == 0 and tostring(body) or ("HTTP " .. tostring(code));
+		else
+			local a = json.decode(body or "");
+			if type(a) ~= "table" or type(a.allowed) ~= "boolean" then
+				failure = "answer is not a decision";
+			elseif a.retry_after_ms ~= nil and (type(a.retry_after_ms) ~= "number" or a.retry_after_ms < 0) then
+				failure = "answer has no valid retry_after_ms";
+			else
+				answer = { allowed = a.allowed; retry_after_ms = a.retry_after_ms or 0;
+					why = a.limit or a.reason };
 			end
 		end
-		done();
+		finish();
 	end);
+	-- net.http has no timeout of its own: cancelling calls the callback (code 0).
+	local timer = module:add_timer(timeout, function ()
+		if not finished and req and req.cancel then req:cancel("timed out"); end
+		if not finished then failure = "timed out"; finish(); end
+	end);
+	if not req then failure = failure or "request not sent"; finish(); end
 	wait();
-	return allowed, why;
+	if timer and timer.stop then timer:stop(); end
+	return answer, failure;
+end
+
+-- The decision, with on_error applied: allowed, retry_after_ms (nil: unknown), failed.
+local function check(action, targets, dry_run)
+	local answer, failure = ask(action, targets, dry_run);
+	if not answer then
+		module:log("warn", "sluice failed (%s, %s): %s", action, fail_open and "allowed" or "denied", failure);
+		return fail_open, nil, true;
+	end
+	if not answer.allowed then
+		-- `why` names the limit, or says banned/blocked: never an address.
+		module:log("info", "sluice denied %s: %s", action, tostring(answer.why));
+	end
+	return answer.allowed, answer.retry_after_ms, false;
+end
+
+-- "in 6 minutes": when to retry, rounded up, in the largest sensible unit.
+local function when(ms)
+	if not ms then return "later"; end
+	local s = math.ceil(ms / 1000);
+	local function n(v, unit) v = math.ceil(v); return ("in %d %s%s"):format(v, unit, v == 1 and "" or "s"); end
+	if s < 120 then return n(math.max(s, 1), "second");
+	elseif s < 7200 then return n(s / 60, "minute");
+	elseif s < 172800 then return n(s / 3600, "hour");
+	else return n(s / 86400, "day"); end
 end
 
 module:hook("user-registering", function (event)
 	local ip = event.ip or (event.session and event.session.ip);
-	local allowed, why = check("registration", { ip = ip });
-	if not allowed then
-		module:log("info", "registration refused by sluice (%s)", tostring(why));
-		event.allowed = false;
-		event.reason = "Too many registrations, try again later";
+	local allowed, retry_ms, failed = check("registration", { ip = ip });
+	if allowed then return; end
+	event.allowed = false;
+	if failed then
+		event.error = errors.new({ type = "wait"; condition = "resource-constraint";
+			text = "Registration is unavailable for a moment, try again later" });
+	else
+		-- As mod_register_limits' own throttle answers.
+		event.error = errors.new({ type = "wait"; condition = "policy-violation";
+			text = "Too many registrations from this IP address recently, try again " .. when(retry_ms) });
 	end
+	-- COMPAT pre-util.error
+	event.reason = event.error.text;
+	event.error_type = event.error.type;
+	event.error_condition = event.error.condition;
 end);
+
+-- Before the password is checked: an address over its authentication_failure
+-- limit (or banned) is refused without a try. The refusal is reported as a
+-- real check too, so that it counts towards the autoban (a dry run does not).
+module:hook("stanza/" .. xmlns_sasl .. ":auth", function (event)
+	local session = event.origin;
+	local ip = session and session.ip;
+	local allowed, retry_ms, failed = check("authentication_failure", { ip = ip }, true);
+	if allowed then return; end
+	if not failed then
+		check("authentication_failure", { ip = ip });
+	end
+	local text = failed and "Authentication is unavailable for a moment, try again later"
+		or ("Too many failed authentication attempts from this IP address, try again " .. when(retry_ms));
+	session.send(st.stanza("failure", { xmlns = xmlns_sasl }):tag("temporary-auth-failure"):up()
+		:tag("text"):text(text));
+	return true;
+end, 10);
 
 module:hook("authentication-failure", function (event)
 	local session = event.session;

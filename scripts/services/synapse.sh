@@ -5,7 +5,8 @@
 # bounded), generates a config with open registration and Synapse's own rate
 # limits relaxed (sluice is the one limiting), starts it on a free loopback
 # port (client and federation resources), and exports SLUICE_TEST_SYNAPSE_URL,
-# SLUICE_TEST_SYNAPSE_PYTHON and SLUICE_TEST_SYNAPSE_CONFIG.
+# SLUICE_TEST_SYNAPSE_CONFIG and SLUICE_TEST_SYNAPSE_PYTHON (the latter as soon
+# as the venv is installed: the module tests start their own Synapse).
 # If the install or start fails, nothing is exported: the test then fails
 # under SLUICE_TEST_STRICT=1 with that reason, and the rest still runs.
 synapse_venv="$PWD/target/synapse-venv"
@@ -19,6 +20,9 @@ if ! "$synapse_venv/bin/python" -c 'import synapse, nio' 2>/dev/null; then
   fi
 fi
 if [ "$synapse_ok" = 1 ]; then
+  # The venv alone serves tests that start their own Synapse
+  # (crates/sluice-server/tests/modules.rs, with the sluice module loaded).
+  export SLUICE_TEST_SYNAPSE_PYTHON="$synapse_venv/bin/python"
   synapse_dir=$(mktemp -d)
   synapse_port=$(free_port)
   (cd "$synapse_dir" && timeout 120 "$synapse_venv/bin/python" -m synapse.app.homeserver \
@@ -58,7 +62,6 @@ if [ "$synapse_ok" = 1 ]; then
   # Bounded: Synapse creates its database on first start (about 10 s here).
   if wait_port "$synapse_port" 900; then
     export SLUICE_TEST_SYNAPSE_URL="http://127.0.0.1:$synapse_port"
-    export SLUICE_TEST_SYNAPSE_PYTHON="$synapse_venv/bin/python"
     # The route test reads Synapse's own servlet registrations with this config.
     export SLUICE_TEST_SYNAPSE_CONFIG="$synapse_dir/homeserver.yaml"
     log "synapse on $SLUICE_TEST_SYNAPSE_URL"
