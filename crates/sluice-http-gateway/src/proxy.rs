@@ -335,6 +335,57 @@ fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE) && h1::has_token(h, &header::CONNECTION, "upgrade")
 }
 
+/// The most of a body read before deciding ([`read_listed_invites`]): a
+/// `createRoom` is a few KiB even with its initial state; a larger one is
+/// refused rather than forwarded uncounted (padding must not hide invites).
+const LISTED_BODY_MAX: usize = 1024 * 1024;
+
+/// A refusal of the client's own input: status, Matrix `errcode`, text.
+type ClientError = (StatusCode, &'static str, &'static str);
+
+/// Reads a Matrix `createRoom` body (at most [`LISTED_BODY_MAX`], with
+/// `timeout` for each silence) and counts the invites it lists (`invite`,
+/// `invite_3pid`). A body that is not JSON is refused as Synapse would
+/// refuse it (`M_NOT_JSON`): one sluice cannot read must not pass
+/// uncounted (Python's parser takes `NaN` that serde_json does not; a
+/// repeated key is the last one for both, as in `serde_json::Value`).
+async fn read_listed_invites(
+    body: ProxyBody,
+    timeout: Duration,
+) -> Result<(hyper::body::Bytes, u64), ClientError> {
+    let body = IdleLimited::new(body, timeout);
+    let bytes = match Limited::new(body, LISTED_BODY_MAX).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "M_TOO_LARGE",
+                "the request body is too large",
+            ));
+        }
+        Err(_) => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                "the request body could not be read",
+            ));
+        }
+    };
+    if bytes.is_empty() {
+        return Ok((bytes, 0));
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "M_NOT_JSON",
+            "the request body is not JSON",
+        ));
+    };
+    let listed = |k: &str| v.get(k).and_then(serde_json::Value::as_array).map_or(0, Vec::len);
+    let n = listed("invite") + listed("invite_3pid");
+    Ok((bytes, u64::try_from(n).unwrap_or(u64::MAX)))
+}
+
 fn content_length(h: &HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
@@ -512,6 +563,21 @@ impl Gateway {
             );
         }
         let who = self.identify(&parts.headers, &parts.uri, &origin, &route).await;
+        // A body that says what the request costs (Matrix `createRoom`'s
+        // invites) is read before deciding, and sent on as read.
+        let mut client_body = client_body;
+        let mut invites = 0;
+        if route.invites_in_body {
+            match read_listed_invites(client_body, self.shared.cfg.body_timeout).await {
+                Ok((bytes, n)) => {
+                    invites = n;
+                    client_body = body::full(bytes);
+                }
+                Err((status, errcode, detail)) => {
+                    return respond::client_error(self.protocol(), status, errcode, detail);
+                }
+            }
+        }
 
         // Limits. The specific action first: when it denies, `request`
         // has not been charged.
@@ -520,6 +586,16 @@ impl Gateway {
         let mut reports = Report::default();
         let mut held: Vec<Held> = Vec::new();
         let declared = content_length(&parts.headers);
+        if invites > 0 {
+            // Checked first, charged once the request's own action passed:
+            // a room refused for its invites costs nothing.
+            let d = self
+                .decide(&who, route.side, "invite", invites, Mode::DryRun)
+                .await;
+            if !d.allowed {
+                return self.deny(&route, &d);
+            }
+        }
         if let Some(action) = route.action.as_deref() {
             let d = match (route.charge, route.cost) {
                 (Charge::OnSuccess, _) => {
@@ -589,6 +665,15 @@ impl Gateway {
                     self.decide(&who, route.side, action, 1, Mode::DryRun).await
                 }
             };
+            if !d.allowed {
+                return self.deny(&route, &d);
+            }
+            reports.add(d);
+        }
+        if invites > 0 {
+            let d = self
+                .decide(&who, route.side, "invite", invites, Mode::Check)
+                .await;
             if !d.allowed {
                 return self.deny(&route, &d);
             }

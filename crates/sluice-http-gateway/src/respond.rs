@@ -84,6 +84,22 @@ pub fn denied(protocol: HttpProtocol, matrix_route: bool, d: &Decision) -> Respo
     resp
 }
 
+/// The answer to a client's own unreadable input (a body that is not
+/// JSON where the gateway must read it): `status` with Matrix's `errcode`,
+/// or a problem.
+pub fn client_error(
+    protocol: HttpProtocol,
+    status: StatusCode,
+    errcode: &str,
+    detail: &str,
+) -> Response<ProxyBody> {
+    let mut resp = upstream_error(protocol, status, detail);
+    if protocol == HttpProtocol::Matrix {
+        *resp.body_mut() = full(json!({"errcode": errcode, "error": detail}).to_string());
+    }
+    resp
+}
+
 /// The answer when the upstream cannot be reached or failed mid-way.
 pub fn upstream_error(protocol: HttpProtocol, status: StatusCode, detail: &str) -> Response<ProxyBody> {
     let (body, ctype) = if protocol == HttpProtocol::Matrix {
