@@ -51,7 +51,7 @@ pub use preset::{presets_table, Preset, UnknownPreset};
 pub use settings::{
     AppserviceToken, BandwidthConfig, GatewayConfig, HttpGateway, HttpProtocol, HttpRule, NetworkConfig,
     OnError, PrivacyConfig, ProxyVersion, RealIpHeader, ServerConfig, StoreConfig, StoreKind, TcpGateway,
-    Throttle, UserIdentity,
+    TcpProtocol, Throttle, UserIdentity,
 };
 /// The rate type used throughout the configuration.
 pub use sluice_core::Rate;

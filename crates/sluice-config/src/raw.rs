@@ -244,6 +244,8 @@ pub(crate) struct RawTcp {
     pub max_connections: Option<S<i64>>,
     pub stream_error: Option<S<String>>,
     pub throttle: Option<S<String>>,
+    pub protocol: Option<S<String>>,
+    pub direct_tls: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -216,6 +216,26 @@ pub struct TcpGateway {
     pub stream_error: Option<String>,
     /// Which directions `[bandwidth]` throttles (default: what clients send).
     pub throttle: Throttle,
+    /// What the listener reads of each connection before it is admitted
+    /// (default: nothing, a plain TCP relay).
+    pub protocol: TcpProtocol,
+    /// The port speaks TLS from the first byte (XEP-0368: 5223, 5270):
+    /// an `xmpp` listener reads the ClientHello's SNI instead of a stream
+    /// header, and sends no stream errors (it cannot, TLS is end to end).
+    pub direct_tls: bool,
+}
+
+/// What a `[[gateway.tcp]]` listener understands of the bytes it relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TcpProtocol {
+    /// Nothing: bytes are relayed as they come (the default).
+    #[default]
+    Tcp,
+    /// XMPP: the opening stream header (or, with `direct_tls`, the TLS
+    /// ClientHello) is read before the connection is admitted, so that
+    /// federation limits can count the sending *server*, and refusals are
+    /// XMPP stream errors.
+    Xmpp,
 }
 
 /// Which directions of a TCP gateway's connections the bandwidth limits slow.

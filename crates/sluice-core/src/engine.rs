@@ -31,6 +31,11 @@ pub struct Targets {
     pub server: Option<Target>,
     /// The application service (`Target::Appservice`).
     pub appservice: Option<Target>,
+    /// Skip the global limits: this request adds targets to a decision
+    /// already made for the same event, which counted them. The XMPP
+    /// gateway's check of a stream's server, after the check of its
+    /// address, is one: a connection is one connection, globally.
+    pub without_global: bool,
 }
 
 /// A question for the engine: may these targets do this action?
@@ -849,6 +854,7 @@ impl Engine {
                 continue;
             }
             let target = match limit.scope {
+                Scope::Global if req.targets.without_global => None,
                 Scope::Global => Some(Target::Global),
                 Scope::Target(Per::Kind(k)) => plan.targets.iter().find(|t| t.kind() == k).cloned(),
                 Scope::Target(Per::AnonymousIp) if anonymous => {
@@ -1197,6 +1203,7 @@ impl Engine {
             let th = match fl.per {
                 None if fl.cap && acquire => return Ok(Fast::Slow),
                 None if fl.cap => continue,
+                None if req.targets.without_global => continue,
                 None => self.inner.global_hash,
                 Some(k) => {
                     if fl.anonymous_only && !anonymous {

@@ -136,6 +136,16 @@ async fn connects(to: SocketAddr, secs: f64) -> Result<(f64, u64), Error> {
     ))
 }
 
+/// `GET /metrics` of the sluice under test, as text.
+async fn metrics(api: SocketAddr) -> Result<String, Error> {
+    let mut s = TcpStream::connect(api).await?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
@@ -197,6 +207,17 @@ async fn main() -> Result<(), Error> {
         let gbps = bulk(addr, &received, secs).await?;
         let (cps, failed) = connects(addr, secs).await?;
         println!("| {name} | {gbps:.2} | {cps:.0} | {failed} |");
+        if name == "sluice" {
+            // Why sluice closed what it closed: its own refusal counters.
+            for line in metrics(SocketAddr::from(([127, 0, 0, 1], api_port)))
+                .await?
+                .lines()
+            {
+                if line.starts_with("sluice_gateway_tcp_refused_total") && !line.ends_with(" 0") {
+                    eprintln!("  {line}");
+                }
+            }
+        }
     }
     let _ = sl.start_kill();
     let _ = hp.start_kill();

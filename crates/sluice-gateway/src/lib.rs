@@ -62,10 +62,12 @@ mod listener;
 pub mod metrics;
 pub mod proxy_protocol;
 mod relay;
+pub mod stream_header;
+pub mod tls_hello;
 
 pub use clock::TokioClock;
 pub use listener::{stream_error, Listener};
-pub use metrics::{Close, Direction, ListenerMetrics, Refusal, Registry};
+pub use metrics::{AddressOnly, Close, Direction, ListenerMetrics, Refusal, Registry};
 pub use relay::ConnBudget;
 
 /// Why the gateways could not start.

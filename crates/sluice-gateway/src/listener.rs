@@ -14,17 +14,27 @@
 //! 3. **The listener's cap** on open connections (`max_connections`). It is
 //!    tried first and held aside: when the listener is full the engine is
 //!    only asked about bans, so a full listener burns no client's budget.
-//! 4. **Upstream** within `connect_timeout`; then the PROXY header out
+//! 4. **Stream identity** (`protocol = "xmpp"`): the opening stream header
+//!    (or on `direct_tls` ports the ClientHello's SNI) within
+//!    `header_timeout` and a few KiB; bad input closes the connection with
+//!    a counted reason. On the federation side a stream's `from` is then
+//!    checked as `server:<domain>` — blocklist, bans, simultaneous and new
+//!    connections per server — as a second all-or-nothing decision that
+//!    skips the global limits the first one counted. A refusal here is
+//!    answered with our stream header and a `<stream:error>`.
+//! 5. **Upstream** within `connect_timeout`; then the PROXY header out
 //!    (`send_proxy`) and whatever the client sent after its proxy's header.
-//! 5. **Relay** both ways under the bandwidth budgets, until both sides
+//! 6. **Relay** both ways under the bandwidth budgets, until both sides
 //!    finish, `idle_timeout` passes, or shutdown's drain time runs out.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_config::{ProxyVersion, TcpGateway};
-use sluice_core::{Decision, Guard, LimitOutcome, Reason, Request, Side, Target, Targets};
+use sluice_config::{ProxyVersion, TcpGateway, TcpProtocol};
+use sluice_core::{
+    Decision, Guard, LimitOutcome, Per, Reason, Request, Scope, Side, Target, TargetKind, Targets,
+};
 use sluice_server::App;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,9 +43,11 @@ use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
 use crate::addr::{ClientAddr, PeerAddr, Resolved, TrustedProxies};
-use crate::metrics::{Close, Direction, ListenerMetrics, Refusal};
+use crate::metrics::{AddressOnly, Close, Direction, ListenerMetrics, Refusal};
 use crate::proxy_protocol::{self, HeaderError, Parsed};
 use crate::relay::{Activity, ConnBudget, IpBudget, Pump, Stop};
+use crate::stream_header::{self, StreamHeader, StreamHeaderError};
+use crate::tls_hello;
 use crate::GatewayError;
 
 /// What every connection task of a listener shares.
@@ -189,11 +201,52 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: PeerAddr) {
         Ok(a) => a,
         Err(refusal) => {
             ctx.metrics.refuse(refusal);
-            if let Some(text) = ctx.cfg.stream_error.as_deref().filter(|_| refusal.is_policy()) {
-                send_stream_error(client, ctx.cfg.side, text).await;
+            if refusal.is_policy() && !ctx.cfg.direct_tls {
+                let xmpp = ctx.cfg.protocol == TcpProtocol::Xmpp;
+                let text = ctx
+                    .cfg
+                    .stream_error
+                    .as_deref()
+                    .or(xmpp.then(|| refusal_text(refusal)));
+                if let Some(text) = text {
+                    send_stream_error(client, stream_error(ctx.cfg.side, text)).await;
+                }
             }
             return;
         }
+    };
+    let mut early_data = early_data;
+    let mut server = None;
+    if ctx.cfg.protocol == TcpProtocol::Xmpp {
+        match identify(&ctx, &mut client, &mut early_data).await {
+            Ok(Identity { header, from }) => server = from.map(|d| (d, header)),
+            Err((refusal, why)) => {
+                ctx.metrics.refuse(refusal);
+                let who = ctx.app.privacy().show(&target);
+                tracing::info!(listen = %ctx.cfg.listen, client = %who, reason = refusal.as_str(), "stream refused: {why}");
+                return;
+            }
+        }
+    }
+    let server_target = server.as_ref().and_then(|(d, _)| Target::server(d).ok());
+    let server_guard = match (&server, &server_target) {
+        (Some((domain, header)), Some(st)) => match admit_server(&ctx, st).await {
+            Ok(g) => g,
+            Err(refusal) => {
+                ctx.metrics.refuse(refusal);
+                tracing::info!(listen = %ctx.cfg.listen, server = %domain, reason = refusal.as_str(), "stream refused for its server");
+                let text = match refusal {
+                    Refusal::ServerBanned => format!("server {domain} is banned"),
+                    Refusal::ServerBlocked => format!("server {domain} is blocklisted"),
+                    Refusal::ServerConnections => format!("too many connections from server {domain}"),
+                    Refusal::ServerRate => format!("too many new connections from server {domain}"),
+                    other => refusal_text(other).to_owned(),
+                };
+                send_stream_error(client, stream_error_reply(ctx.cfg.side, Some(header), &text)).await;
+                return;
+            }
+        },
+        _ => None,
     };
     let mut upstream = match timeout(
         ctx.cfg.connect_timeout,
@@ -237,7 +290,8 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: PeerAddr) {
         how: Close::Drain,
     };
     tracing::debug!(listen = %ctx.cfg.listen, client = %ctx.app.privacy().show(&target), "connection proxied");
-    open.how = relay(&ctx, client, upstream, client_addr).await;
+    open.how = relay(&ctx, client, upstream, client_addr, server_target).await;
+    drop(server_guard);
     drop(guard);
     drop(permit);
 }
@@ -355,12 +409,34 @@ fn refusal_of(d: &Decision) -> Refusal {
         .unwrap_or(Refusal::IpRate)
 }
 
-/// Step 5: both directions under their budgets, with the idle timeout.
-async fn relay(ctx: &Ctx, client: TcpStream, upstream: TcpStream, addr: ClientAddr) -> Close {
+/// Step 6: both directions under their budgets, with the idle timeout.
+async fn relay(
+    ctx: &Ctx,
+    client: TcpStream,
+    upstream: TcpStream,
+    addr: ClientAddr,
+    server: Option<Target>,
+) -> Close {
     let side = ctx.cfg.side;
     let config = ctx.app.config();
     let per_conn = config.bandwidth.per_connection(side);
-    let per_ip = config.bandwidth.per_ip(side);
+    // The engine's shared budgets: per address, and per server when the
+    // stream named one and the policy limits bandwidth per server.
+    let per_server = server.as_ref().and_then(|_| {
+        ctx.app.engine().with_policy(|p| {
+            p.limits_for(side, "bandwidth")
+                .filter(|l| l.scope == Scope::Target(Per::Kind(TargetKind::Server)))
+                .filter_map(|l| match l.kind {
+                    sluice_core::LimitKind::Rate(r) => Some(r),
+                    sluice_core::LimitKind::Concurrency(_) => None,
+                })
+                .min_by_key(|r| r.burst())
+        })
+    });
+    let per_ip = match (config.bandwidth.per_ip(side), per_server) {
+        (Some(a), Some(b)) => Some(if a.burst() <= b.burst() { a } else { b }),
+        (a, b) => a.or(b),
+    };
     let activity = Arc::new(Activity::new(ctx.base));
     let pump = |dir: Direction, on: bool| Pump {
         dir,
@@ -369,6 +445,7 @@ async fn relay(ctx: &Ctx, client: TcpStream, upstream: TcpStream, addr: ClientAd
             app: ctx.app.clone(),
             side,
             ip: addr.ip(),
+            server: server.clone(),
         }),
         ip_burst: per_ip.filter(|_| on).map(|r| r.burst()),
         metrics: ctx.metrics.clone(),
@@ -398,10 +475,43 @@ async fn relay(ctx: &Ctx, client: TcpStream, upstream: TcpStream, addr: ClientAd
 /// The XMPP stream error for a refused connection (RFC 6120 §4.9: before
 /// the client's stream header, we still open ours first).
 pub fn stream_error(side: Side, text: &str) -> Vec<u8> {
-    let ns = match side {
+    stream_error_reply(side, None, text)
+}
+
+/// The stream error for a refused stream, as a receiving entity sends it
+/// (RFC 6120 §4.9.1.1): our own opening header first — answering the
+/// peer's `header` when it was read (`from` our name it asked for, `to` the
+/// name it gave, its namespace) — then `<policy-violation/>` with `text`,
+/// then the close of the stream.
+pub fn stream_error_reply(side: Side, header: Option<&StreamHeader>, text: &str) -> Vec<u8> {
+    let default_ns = match side {
         Side::Client => "jabber:client",
         Side::Federation => "jabber:server",
     };
+    let ns = header
+        .and_then(|h| h.namespace.as_deref())
+        .filter(|n| *n == "jabber:client" || *n == "jabber:server")
+        .unwrap_or(default_ns);
+    let mut attrs = String::new();
+    if let Some(h) = header {
+        // Only names that passed as domains are echoed back.
+        if let Some(to) = h.to.as_deref().and_then(stream_header::domain) {
+            attrs.push_str(&format!(" from='{to}'"));
+        }
+        if let Some(from) = h.from.as_deref().and_then(stream_header::domain) {
+            attrs.push_str(&format!(" to='{from}'"));
+        }
+    }
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='{ns}' xmlns:stream='http://etherx.jabber.org/streams'{attrs} version='1.0'>\
+         <stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+         <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{}</text></stream:error></stream:stream>",
+        escape(text)
+    )
+    .into_bytes()
+}
+
+fn escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -413,16 +523,143 @@ pub fn stream_error(side: Side, text: &str) -> Vec<u8> {
             c => escaped.push(c),
         }
     }
-    format!(
-        "<?xml version='1.0'?><stream:stream xmlns='{ns}' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>\
-         <stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
-         <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{escaped}</text></stream:error></stream:stream>"
-    )
-    .into_bytes()
+    escaped
 }
 
-async fn send_stream_error(mut client: TcpStream, side: Side, text: &str) {
-    let msg = stream_error(side, text);
+/// The text of an address-level refusal on an `xmpp` listener with no
+/// `stream_error` of its own.
+fn refusal_text(r: Refusal) -> &'static str {
+    match r {
+        Refusal::Banned => "your address is banned",
+        Refusal::Blocked => "your address is blocklisted",
+        Refusal::ListenerFull => "the server is full, try again later",
+        Refusal::StoreError => "temporarily unavailable, try again later",
+        _ => "too many connections from your address",
+    }
+}
+
+/// What an `xmpp` listener learnt of a stream before admitting it.
+struct Identity {
+    /// The peer's header (none on `direct_tls` ports).
+    header: StreamHeader,
+    /// The server the stream claims to come from, as a domain: federation
+    /// streams with a `from` only.
+    from: Option<String>,
+}
+
+/// Step 4: reads the stream header (or the ClientHello) into `buf`, which
+/// keeps every byte read for the upstream.
+async fn identify(
+    ctx: &Ctx,
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<Identity, (Refusal, String)> {
+    let limit = ctx.cfg.header_timeout;
+    let empty = StreamHeader {
+        to: None,
+        from: None,
+        namespace: None,
+        version: None,
+        lang: None,
+        len: 0,
+    };
+    if ctx.cfg.direct_tls {
+        use tls_hello::ReadError as E;
+        return match tls_hello::read(client, buf, limit).await {
+            Ok(sni) => {
+                if sni.is_none() {
+                    ctx.metrics.address_only(AddressOnly::NoSni);
+                }
+                // SNI names where the peer goes (`to`), never who it is.
+                Ok(Identity {
+                    header: StreamHeader { to: sni, ..empty },
+                    from: None,
+                })
+            }
+            Err(e @ (E::Timeout(_) | E::Closed)) => Err((Refusal::TlsHelloTimeout, e.to_string())),
+            Err(e @ E::Hello(_)) => Err((Refusal::TlsHelloInvalid, e.to_string())),
+        };
+    }
+    use stream_header::ReadError as E;
+    let header = match stream_header::read(client, buf, limit).await {
+        Ok(h) => h,
+        Err(e @ E::Header(StreamHeaderError::TooLong(_))) => {
+            return Err((Refusal::StreamHeaderTooLong, e.to_string()))
+        }
+        Err(e @ E::Header(StreamHeaderError::NotADomain { .. })) => {
+            return Err((Refusal::StreamNameInvalid, e.to_string()))
+        }
+        Err(e @ E::Header(_)) => return Err((Refusal::StreamHeaderInvalid, e.to_string())),
+        Err(e @ (E::Timeout(_) | E::Closed)) => return Err((Refusal::StreamHeaderTimeout, e.to_string())),
+    };
+    let bad_name = |attr: &'static str| {
+        (
+            Refusal::StreamNameInvalid,
+            StreamHeaderError::NotADomain { attr }.to_string(),
+        )
+    };
+    if header
+        .to
+        .as_deref()
+        .is_some_and(|t| stream_header::domain(t).is_none())
+    {
+        return Err(bad_name("to"));
+    }
+    // A client's `from` is an account it has not proved yet: not a server.
+    let from = match (ctx.cfg.side, header.from.as_deref()) {
+        (Side::Federation, Some(f)) => Some(stream_header::domain(f).ok_or_else(|| bad_name("from"))?),
+        _ => None,
+    };
+    if from.is_none() && ctx.cfg.side == Side::Federation {
+        ctx.metrics.address_only(AddressOnly::NoFrom);
+    }
+    Ok(Identity { header, from })
+}
+
+/// The second decision of step 4: the stream's server, on its own
+/// (`without_global`: the address's decision counted this connection
+/// globally already).
+async fn admit_server(ctx: &Ctx, server: &Target) -> Result<Option<Guard>, Refusal> {
+    let app = &ctx.app;
+    let side = ctx.cfg.side;
+    let req = Request {
+        side,
+        action: "connection",
+        targets: Targets {
+            server: Some(server.clone()),
+            without_global: true,
+            ..Targets::default()
+        },
+        cost: 1,
+    };
+    let targets = std::slice::from_ref(server);
+    match app.acquire_guard_async(&req).await {
+        Ok(Ok(guard)) => {
+            app.observe(side, "connection", targets, guard.decision());
+            Ok(Some(guard))
+        }
+        Ok(Err(d)) if sluice_server::store_unavailable(&d) => Err(Refusal::StoreError),
+        Ok(Err(d)) => {
+            app.observe(side, "connection", targets, &d);
+            Err(match refusal_of(&d) {
+                Refusal::Banned => Refusal::ServerBanned,
+                Refusal::Blocked => Refusal::ServerBlocked,
+                Refusal::IpConnections | Refusal::GlobalConnections => Refusal::ServerConnections,
+                _ => Refusal::ServerRate,
+            })
+        }
+        Err(e) => {
+            tracing::error!("server connection decision failed: {e}");
+            if app.refuse_on_error(&e) {
+                Err(Refusal::StoreError)
+            } else {
+                Ok(None)
+            }
+        }
+    }
+}
+
+async fn send_stream_error(mut client: TcpStream, msg: Vec<u8>) {
     // Bounded: a client that does not read is not worth waiting for.
     let _ = timeout(Duration::from_secs(1), async {
         client.write_all(&msg).await?;

@@ -34,11 +34,33 @@ pub enum Refusal {
     UpstreamTimeout,
     /// The counter store failed and `store.on_error = "deny"`.
     StoreError,
+    /// The stream's server (`from`) is banned.
+    ServerBanned,
+    /// The stream's server is on the blocklist.
+    ServerBlocked,
+    /// Too many simultaneous connections from the stream's server.
+    ServerConnections,
+    /// Too many new connections from the stream's server per period.
+    ServerRate,
+    /// Not an XMPP stream header: malformed XML, binary garbage, another
+    /// element first (`protocol = "xmpp"`).
+    StreamHeaderInvalid,
+    /// No complete stream header within its size bound.
+    StreamHeaderTooLong,
+    /// No complete stream header within `header_timeout` (or the peer
+    /// closed first).
+    StreamHeaderTimeout,
+    /// The stream header's `to` or `from` is not a domain.
+    StreamNameInvalid,
+    /// Not a TLS ClientHello on a `direct_tls` port, or one rustls refuses.
+    TlsHelloInvalid,
+    /// No complete ClientHello within `header_timeout` (or the peer closed).
+    TlsHelloTimeout,
 }
 
 impl Refusal {
     /// Every reason, in label order.
-    pub const ALL: [Refusal; 13] = [
+    pub const ALL: [Refusal; 23] = [
         Refusal::Banned,
         Refusal::Blocked,
         Refusal::IpConnections,
@@ -52,6 +74,16 @@ impl Refusal {
         Refusal::UpstreamUnreachable,
         Refusal::UpstreamTimeout,
         Refusal::StoreError,
+        Refusal::ServerBanned,
+        Refusal::ServerBlocked,
+        Refusal::ServerConnections,
+        Refusal::ServerRate,
+        Refusal::StreamHeaderInvalid,
+        Refusal::StreamHeaderTooLong,
+        Refusal::StreamHeaderTimeout,
+        Refusal::StreamNameInvalid,
+        Refusal::TlsHelloInvalid,
+        Refusal::TlsHelloTimeout,
     ];
 
     /// The metric label.
@@ -70,6 +102,16 @@ impl Refusal {
             Refusal::UpstreamUnreachable => "upstream_unreachable",
             Refusal::UpstreamTimeout => "upstream_timeout",
             Refusal::StoreError => "store_error",
+            Refusal::ServerBanned => "server_banned",
+            Refusal::ServerBlocked => "server_blocked",
+            Refusal::ServerConnections => "server_connections",
+            Refusal::ServerRate => "server_rate",
+            Refusal::StreamHeaderInvalid => "stream_header_invalid",
+            Refusal::StreamHeaderTooLong => "stream_header_too_long",
+            Refusal::StreamHeaderTimeout => "stream_header_timeout",
+            Refusal::StreamNameInvalid => "stream_name_invalid",
+            Refusal::TlsHelloInvalid => "tls_hello_invalid",
+            Refusal::TlsHelloTimeout => "tls_hello_timeout",
         }
     }
 
@@ -86,6 +128,10 @@ impl Refusal {
                 | Refusal::GlobalConnections
                 | Refusal::ListenerFull
                 | Refusal::StoreError
+                | Refusal::ServerBanned
+                | Refusal::ServerBlocked
+                | Refusal::ServerConnections
+                | Refusal::ServerRate
         )
     }
 }
@@ -153,6 +199,27 @@ pub struct ListenerMetrics {
     open: AtomicI64,
     bytes: [AtomicU64; 2],
     throttled_nanos: [AtomicU64; 2],
+    address_only: [AtomicU64; AddressOnly::ALL.len()],
+}
+
+/// Why an XMPP connection was checked by its address only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressOnly {
+    /// The stream header had no `from`.
+    NoFrom,
+    /// The ClientHello of a `direct_tls` port had no SNI.
+    NoSni,
+}
+
+impl AddressOnly {
+    const ALL: [AddressOnly; 2] = [AddressOnly::NoFrom, AddressOnly::NoSni];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            AddressOnly::NoFrom => "no_from",
+            AddressOnly::NoSni => "no_sni",
+        }
+    }
 }
 
 impl ListenerMetrics {
@@ -166,7 +233,17 @@ impl ListenerMetrics {
             open: AtomicI64::new(0),
             bytes: Default::default(),
             throttled_nanos: Default::default(),
+            address_only: Default::default(),
         }
+    }
+
+    pub(crate) fn address_only(&self, why: AddressOnly) {
+        self.address_only[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// XMPP connections checked by address only, for `why`.
+    pub fn address_only_count(&self, why: AddressOnly) -> u64 {
+        self.address_only[why as usize].load(Ordering::Relaxed)
     }
 
     pub(crate) fn accept(&self) {
@@ -322,6 +399,23 @@ impl Registry {
                     m.listener,
                     d.as_str(),
                     m.bytes(d)
+                );
+            }
+        }
+        family(
+            out,
+            "sluice_gateway_tcp_address_only_total",
+            "counter",
+            "XMPP connections checked by address only (no server name to count), by why.",
+        );
+        for m in &ls {
+            for a in AddressOnly::ALL {
+                let _ = writeln!(
+                    out,
+                    "sluice_gateway_tcp_address_only_total{{listener=\"{}\",reason=\"{}\"}} {}",
+                    m.listener,
+                    a.as_str(),
+                    m.address_only_count(a)
                 );
             }
         }

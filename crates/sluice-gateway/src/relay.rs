@@ -68,6 +68,8 @@ pub(crate) struct IpBudget {
     pub app: sluice_server::App,
     pub side: Side,
     pub ip: IpAddr,
+    /// The stream's server, for per-server `bandwidth` limits.
+    pub server: Option<sluice_core::Target>,
 }
 
 /// Why a pump stopped early.
@@ -91,6 +93,7 @@ impl IpBudget {
                 action: "bandwidth",
                 targets: Targets {
                     ip: Some(self.ip),
+                    server: self.server.clone(),
                     ..Targets::default()
                 },
                 cost,

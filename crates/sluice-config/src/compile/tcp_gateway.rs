@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::{span_of, Compiler, Result};
 use crate::raw::RawTcp;
-use crate::settings::{TcpGateway, Throttle};
+use crate::settings::{TcpGateway, TcpProtocol, Throttle};
 
 /// Longest stream error text: it is sent to clients that may be anyone.
 const MAX_STREAM_ERROR: usize = 512;
@@ -95,6 +95,29 @@ impl Compiler<'_> {
                 }
             },
         };
+        let protocol = match &r.protocol {
+            None => TcpProtocol::default(),
+            Some(s) => match s.get_ref().as_str() {
+                "tcp" => TcpProtocol::Tcp,
+                "xmpp" => TcpProtocol::Xmpp,
+                other => {
+                    return Err(self.err(
+                        span_of(s),
+                        format!("unknown protocol {other:?}: expected tcp or xmpp"),
+                    ))
+                }
+            },
+        };
+        let direct_tls = match &r.direct_tls {
+            None => false,
+            Some(b) if *b.get_ref() && protocol != TcpProtocol::Xmpp => {
+                return Err(self.err(
+                    span_of(b),
+                    "direct_tls needs protocol = \"xmpp\" (a plain TCP relay reads nothing of TLS)",
+                ))
+            }
+            Some(b) => *b.get_ref(),
+        };
         Ok(TcpGateway {
             listen,
             upstream,
@@ -108,6 +131,8 @@ impl Compiler<'_> {
             max_connections,
             stream_error,
             throttle,
+            protocol,
+            direct_tls,
         })
     }
 }
@@ -116,7 +141,7 @@ impl Compiler<'_> {
 mod tests {
     use std::time::Duration;
 
-    use crate::{parse, ConfigError, Throttle};
+    use crate::{parse, ConfigError, TcpProtocol, Throttle};
 
     const HEAD: &str = "[[gateway.tcp]]\nlisten = \"0.0.0.0:5222\"\nupstream = \"a:1\"\nside = \"client\"\n";
 
@@ -146,6 +171,22 @@ mod tests {
         assert_eq!(g.max_connections, 10_000);
         assert_eq!(g.stream_error, None);
         assert_eq!(g.throttle, Throttle::In);
+        assert_eq!(g.protocol, TcpProtocol::Tcp);
+        assert!(!g.direct_tls);
+    }
+
+    #[test]
+    fn xmpp_listeners() {
+        let c = parse(
+            &format!("{HEAD}protocol = \"xmpp\"\ndirect_tls = true\n"),
+            "t.toml",
+        )
+        .expect("valid");
+        let g = &c.gateway.tcp[0];
+        assert_eq!(g.protocol, TcpProtocol::Xmpp);
+        assert!(g.direct_tls);
+        err_at("protocol = \"jabber\"\n", 5, 12, "expected tcp or xmpp");
+        err_at("direct_tls = true\n", 5, 14, "needs protocol = \"xmpp\"");
     }
 
     #[test]

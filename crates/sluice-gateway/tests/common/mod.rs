@@ -30,8 +30,16 @@ pub fn config(
     rest: &str,
 ) -> (sluice_config::Config, tempfile::TempDir) {
     let state = tempfile::tempdir().expect("tempdir");
+    // `side = "federation"` in `listener` replaces the default client side.
+    let fed = "side = \"federation\"";
+    let side = if listener.contains(fed) {
+        "federation"
+    } else {
+        "client"
+    };
+    let listener = listener.replace(fed, "");
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n\n{rest}\n\n[[gateway.tcp]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nside = \"client\"\n{listener}\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n\n{rest}\n\n[[gateway.tcp]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nside = \"{side}\"\n{listener}\n",
         state.path().display().to_string()
     );
     match sluice_config::parse(&text, "test.toml") {

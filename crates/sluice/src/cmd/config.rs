@@ -84,6 +84,7 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
             user: args.user.clone(),
             server: args.server.clone(),
             appservice: args.appservice.clone(),
+            without_global: false,
         },
         cost: args.cost,
     };
