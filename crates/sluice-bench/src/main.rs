@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use sluice_core::CoarseClock;
 
+mod lists;
+
 use children::Report;
 use contenders::{EngineBench, GovernorBench, RawBench, Seqs, StoreBench};
 use harness::{Contender, Measured, Plan};
@@ -29,7 +31,7 @@ memory per tracked key, and a flood of fresh IPv6 /64s.
 USAGE: sluice-bench [OPTIONS]
 
   --quick               small sizes and short repetitions (a smoke run)
-  --only LIST           sections to run: speed,memory,flood (default: all)
+  --only LIST           sections to run: speed,memory,flood,lists (default: all)
   --keys LIST           active keys for the timing runs (default 1000,1000000)
   --threads LIST        thread counts (default 1,2)
   --reps N              timed repetitions per contender (default 9)
@@ -59,6 +61,8 @@ struct Config {
     speed: bool,
     memory: bool,
     run_flood: bool,
+    lists: bool,
+    list_sizes: lists::Sizes,
     seed: u64,
     contenders: Vec<String>,
     headroom: f64,
@@ -80,6 +84,12 @@ impl Config {
             speed: true,
             memory: true,
             run_flood: true,
+            lists: true,
+            list_sizes: lists::Sizes {
+                domains: 100_000,
+                cidrs: 50_000,
+                hashes: 10_000,
+            },
             seed: 0x5EED_51CE,
             contenders: ["engine", "admit", "bans", "store", "governor", "raw"]
                 .map(String::from)
@@ -99,6 +109,11 @@ impl Config {
             mem_keys: 50_000,
             flood: 500_000,
             flood_max_keys: 50_000,
+            list_sizes: lists::Sizes {
+                domains: 2_000,
+                cidrs: 1_000,
+                hashes: 200,
+            },
             ..Self::full()
         }
     }
@@ -118,12 +133,16 @@ impl Config {
                 "--only" => {
                     let v = value()?;
                     let parts: Vec<&str> = v.split(',').map(str::trim).collect();
-                    if let Some(bad) = parts.iter().find(|p| !["speed", "memory", "flood"].contains(p)) {
+                    if let Some(bad) = parts
+                        .iter()
+                        .find(|p| !["speed", "memory", "flood", "lists"].contains(p))
+                    {
                         return Err(format!("--only: unknown section {bad:?}"));
                     }
                     cfg.speed = parts.contains(&"speed");
                     cfg.memory = parts.contains(&"memory");
                     cfg.run_flood = parts.contains(&"flood");
+                    cfg.lists = parts.contains(&"lists");
                 }
                 "--keys" => cfg.keys = list(a, value()?, 1..=(1 << 24))?,
                 "--threads" => cfg.threads = list(a, value()?, 1..=64)?,
@@ -236,6 +255,9 @@ fn run(cfg: &Config, args: &[String]) -> Result<(), String> {
     if cfg.run_flood {
         flood(cfg, &mut verdicts)?;
     }
+    if cfg.lists {
+        blocklists(cfg, &mut verdicts);
+    }
     println!();
     println!("## Targets");
     println!();
@@ -324,6 +346,90 @@ fn speed(cfg: &Config, verdicts: &mut Vec<String>) {
             st.evictions,
             gov.keys()
         );
+    }
+}
+
+fn blocklists(cfg: &Config, verdicts: &mut Vec<String>) {
+    let sz = cfg.list_sizes;
+    let (l, secs, rss) = lists::build_measured(sz, cfg.seed);
+    let n = lists::entries(&l);
+    let bytes = l.bytes();
+    println!();
+    println!(
+        "## Blocklists: {} domains (subdomains), {} CIDRs, {} SHA-256 digests, three sources",
+        sz.domains, sz.cidrs, sz.hashes
+    );
+    println!();
+    println!(
+        "- built in {:.2} s; {n} entries held; {bytes} bytes accounted = {:.1} B/entry \
+         (resident-set growth while building: {:.1} B/entry)",
+        secs,
+        bytes as f64 / n as f64,
+        rss as f64 / n as f64
+    );
+    verdicts.push(format!(
+        "blocklists: {:.1} B per entry accounted ({:.1} resident): {}",
+        bytes as f64 / n as f64,
+        rss as f64 / n as f64,
+        if (bytes as f64 / n as f64) < 64.0 {
+            "under 64 (met)"
+        } else {
+            "NOT under 64 (missed)"
+        }
+    ));
+    println!();
+    println!("| active keys | threads | contender | ns/op (median) | min–max | Mdecisions/s (all threads) | × no lists | allowed |");
+    println!("|---:|---:|---|---:|---:|---:|---:|---:|");
+    let max_threads = cfg.threads.iter().copied().max().unwrap_or(1);
+    for &keys in &cfg.keys {
+        let clock = CoarseClock::new();
+        let seq_len = (keys as usize * 4).next_power_of_two().clamp(1 << 16, 1 << 20);
+        let seqs = Seqs::new(keys, max_threads, seq_len, cfg.seed);
+        let max_keys = (f64::from(keys) * cfg.headroom).ceil() as usize;
+        let ip = lists::ListBench::new("check ip, no lists", max_keys, &clock, &seqs, None, false);
+        let ip_l = lists::ListBench::new("check ip, lists", max_keys, &clock, &seqs, Some(l.clone()), false);
+        let user = lists::ListBench::new("check ip+user, no lists", max_keys, &clock, &seqs, None, true);
+        let user_l = lists::ListBench::new(
+            "check ip+user, lists",
+            max_keys,
+            &clock,
+            &seqs,
+            Some(l.clone()),
+            true,
+        );
+        for b in [&ip, &ip_l, &user, &user_l] {
+            b.populate(keys);
+        }
+        let all: [&dyn Contender; 4] = [&ip, &ip_l, &user, &user_l];
+        for &threads in &cfg.threads {
+            let ms = harness::measure(&all, threads, cfg.plan);
+            let by = |name: &str| {
+                ms.iter()
+                    .find(|m| m.name == name)
+                    .map_or(f64::NAN, Measured::median)
+            };
+            for m in &ms {
+                let base = if m.name.contains("ip+user") {
+                    by(user.name())
+                } else {
+                    by(ip.name())
+                };
+                print_row(keys, m, base);
+            }
+            for (with, without) in [(&ip_l, &ip), (&user_l, &user)] {
+                let (a, b) = (by(with.name()), by(without.name()));
+                verdicts.push(format!(
+                    "{keys} keys, {threads} thread(s): {} {a:.1} ns vs {b:.1} ns without: {:+.1}% ({})",
+                    with.name(),
+                    100.0 * (a / b - 1.0),
+                    if a <= b * 1.05 {
+                        "within 5%: met"
+                    } else {
+                        "NOT within 5%: missed"
+                    }
+                ));
+            }
+        }
     }
 }
 

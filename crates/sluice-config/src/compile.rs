@@ -24,6 +24,7 @@ use crate::raw::*;
 use crate::settings::*;
 use crate::Config;
 
+pub(crate) mod blocklist;
 mod http_gateway;
 mod tcp_gateway;
 
@@ -231,6 +232,7 @@ impl Compiler<'_> {
             builder = builder.autoban(rule);
         }
         let gateway = self.gateways(&raw.gateway, &server, &network)?;
+        let blocklist = self.blocklist(&raw.blocklist, &normalizer)?;
         Ok(Config {
             preset,
             policy: builder.build(),
@@ -240,6 +242,7 @@ impl Compiler<'_> {
             privacy,
             bandwidth,
             gateway,
+            blocklist,
             source: None,
         })
     }

@@ -46,6 +46,7 @@ mod settings;
 
 use std::path::{Path, PathBuf};
 
+pub use compile::blocklist::{BlocklistConfig, BlocklistSource, SourceLocation, MIN_URL_REFRESH};
 pub use error::{ConfigError, EXIT_CONFIG};
 pub use preset::{presets_table, Preset, UnknownPreset};
 pub use settings::{
@@ -75,6 +76,8 @@ pub struct Config {
     pub bandwidth: BandwidthConfig,
     /// `[[gateway.tcp]]` and `[[gateway.http]]`.
     pub gateway: GatewayConfig,
+    /// `[[blocklist.source]]` and `[blocklist] except`.
+    pub blocklist: BlocklistConfig,
     /// The file the configuration came from (`None` for presets and [`parse`]).
     pub source: Option<PathBuf>,
 }
@@ -130,6 +133,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             .flatten()
             .chain(files)
         {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+    for s in &mut config.blocklist.sources {
+        let paths = [s.token_file.as_mut()].into_iter().flatten();
+        let path = match &mut s.location {
+            SourceLocation::Path(p) => Some(p),
+            SourceLocation::Url(_) => None,
+        };
+        for p in paths.chain(path) {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

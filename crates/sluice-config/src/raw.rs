@@ -210,6 +210,36 @@ pub(crate) struct RawBlocklist {
     pub servers: Vec<S<String>>,
     #[serde(default)]
     pub networks: Vec<S<String>>,
+    /// `[[blocklist.source]]`.
+    #[serde(default)]
+    pub source: Vec<S<RawSource>>,
+    /// Targets whose list hits are cancelled.
+    #[serde(default)]
+    pub except: Vec<S<String>>,
+}
+
+/// One `[[blocklist.source]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSource {
+    pub name: S<String>,
+    pub url: Option<S<String>>,
+    pub path: Option<S<String>>,
+    pub format: S<String>,
+    #[serde(rename = "match")]
+    pub match_: Option<S<String>>,
+    pub side: Option<S<String>>,
+    pub action: Option<S<String>>,
+    pub refresh: Option<S<String>>,
+    pub reason: Option<S<String>>,
+    pub token_file: Option<S<String>>,
+    pub recommendations: Option<Vec<S<String>>>,
+    pub max_bytes: Option<S<u64>>,
+    pub max_entries: Option<S<u64>>,
+    pub min_keep: Option<S<f64>>,
+    pub stale_after: Option<S<String>>,
+    pub drop_when_stale: Option<S<bool>>,
+    pub timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

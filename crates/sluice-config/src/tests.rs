@@ -1348,3 +1348,156 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn blocklist_sources_compile() {
+    use crate::SourceLocation;
+    use sluice_core::blocklist::parse::ListFormat;
+    use sluice_core::blocklist::{DomainMatch, ListAction};
+    let c = ok(r#"
+[blocklist]
+except = ["server:friend.example"]
+
+[[blocklist.source]]
+name = "jabberspam"
+url = "https://raw.githubusercontent.com/JabberSPAM/blacklist/master/blacklist.txt"
+format = "domains"
+match = "subdomains"
+side = "federation"
+
+[[blocklist.source]]
+name = "xmppbl"
+path = "lists/xmppbl.txt"
+format = "sha256"
+action = "shadow"
+refresh = "5m"
+
+[[blocklist.source]]
+name = "drop"
+url = "http://127.0.0.1:8080/drop_v4.json"
+format = "spamhaus_json"
+refresh = "12h"
+drop_when_stale = true
+
+[[blocklist.source]]
+name = "coc"
+url = "https://matrix.example/_matrix/client/v3/rooms/!r:example/state"
+format = "matrix_policy"
+token_file = "token"
+recommendations = ["m.ban"]
+"#);
+    let b = &c.blocklist;
+    assert_eq!(b.sources.len(), 4);
+    assert_eq!(b.except, vec!["server:friend.example".parse().unwrap()]);
+    let j = &b.sources[0];
+    assert_eq!(
+        (j.format, j.domain_match, j.side, j.action),
+        (
+            ListFormat::Domains,
+            DomainMatch::Subdomains,
+            Some(sluice_core::Side::Federation),
+            ListAction::Deny
+        )
+    );
+    assert_eq!(j.refresh, std::time::Duration::from_secs(3600));
+    assert_eq!(j.stale_after, std::time::Duration::from_secs(3 * 3600));
+    let x = &b.sources[1];
+    assert_eq!(x.location, SourceLocation::Path("lists/xmppbl.txt".into()));
+    assert_eq!(
+        (x.action, x.refresh, x.side),
+        (ListAction::Shadow, std::time::Duration::from_secs(300), None)
+    );
+    assert!(b.sources[2].drop_when_stale);
+    assert_eq!(b.sources[3].recommendations, vec!["m.ban".to_owned()]);
+}
+
+#[test]
+fn blocklist_source_errors_point_at_the_key() {
+    let src = |body: &str| format!("[[blocklist.source]]\nname = \"l\"\n{body}");
+    err_at(
+        &src("url = \"https://x.example/l\"\nformat = \"domains\"\nrefresh = \"30m\"\n"),
+        5,
+        11,
+        "at least 1h",
+    );
+    err_at(
+        &src("url = \"http://lists.example/l\"\nformat = \"domains\"\n"),
+        3,
+        7,
+        "only to a loopback",
+    );
+    err_at(
+        &src("url = \"ftp://lists.example/l\"\nformat = \"domains\"\n"),
+        3,
+        7,
+        "unsupported scheme",
+    );
+    err_at(&src("format = \"domains\"\n"), 1, 1, "needs a url or a path");
+    err_at(
+        &src("path = \"a\"\nurl = \"https://x.example/\"\nformat = \"domains\"\n"),
+        4,
+        7,
+        "not both",
+    );
+    err_at(&src("path = \"a\"\nformat = \"csv\"\n"), 4, 10, "unknown format");
+    err_at(
+        &src("path = \"a\"\nformat = \"cidr\"\nmatch = \"subdomains\"\n"),
+        5,
+        9,
+        "domains format only",
+    );
+    err_at(
+        &src("path = \"a\"\nformat = \"domains\"\nmatch = \"suffix\"\n"),
+        5,
+        9,
+        "exact or subdomains",
+    );
+    err_at(
+        &src("path = \"a\"\nformat = \"domains\"\naction = \"block\"\n"),
+        5,
+        10,
+        "deny or shadow",
+    );
+    err_at(
+        &src("path = \"a\"\nformat = \"domains\"\ntoken_file = \"t\"\n"),
+        5,
+        14,
+        "matrix_policy sources only",
+    );
+    err_at(
+        &src("path = \"a\"\nformat = \"domains\"\ndrop_when_stale = true\n"),
+        5,
+        19,
+        "IP lists",
+    );
+    err_at(
+        &src("path = \"a\"\nformat = \"domains\"\nmin_keep = 2.0\n"),
+        5,
+        12,
+        "share from 0 to 1",
+    );
+    err_at(
+        &src("path = \"a\"\nformat = \"domains\"\ncolour = \"red\"\n"),
+        5,
+        1,
+        "unknown field",
+    );
+    err_at(
+        "[[blocklist.source]]\nname = \"a b\"\npath = \"a\"\nformat = \"domains\"\n",
+        2,
+        8,
+        "source name",
+    );
+    err_at(
+        "[[blocklist.source]]\nname = \"l\"\npath = \"a\"\nformat = \"domains\"\n[[blocklist.source]]\nname = \"l\"\npath = \"b\"\nformat = \"cidr\"\n",
+        6,
+        8,
+        "defined twice",
+    );
+    err_at(
+        "[blocklist]\nexcept = [\"global\"]\n",
+        2,
+        11,
+        "`global` cannot be",
+    );
+}

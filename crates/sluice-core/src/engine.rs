@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 
 use crate::bans::{Ban, BanSource, Bans};
+use crate::blocklist::{Blocklists, ListAction, ListHit};
 use crate::gcra::{Gcra, Verdict};
 use crate::memory::MemoryStore;
 use crate::policy::{Effect, LimitKind, Matcher, Per, Policy, Scope, Side};
@@ -154,12 +155,30 @@ pub enum Reason {
     Exempt(Target),
     /// A target is banned (boxed: rare, and it keeps decisions small).
     Banned(Box<Ban>),
-    /// A target is on the configured blocklist.
-    Blocked(Target),
+    /// A target is on the configured blocklist or a deny source (boxed:
+    /// rare, and it keeps decisions small).
+    Blocked(Box<Blocked>),
     /// A limit denied it (the one with the longest wait).
     Limited(&'static str),
     /// The cost exceeds a limit's bucket size: it can never pass as is.
     TooLarge(&'static str),
+}
+
+/// Which blocklist refused a target, and by which entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    /// The target refused.
+    pub target: Target,
+    /// The source's hit; `None` for the config's own `[blocklist]`
+    /// (see [`Engine::blocked`] for its entry).
+    pub list: Option<ListHit>,
+}
+
+impl Blocked {
+    /// A refusal by the config's own `[blocklist]`.
+    pub fn config(target: Target) -> Box<Self> {
+        Box::new(Self { target, list: None })
+    }
 }
 
 /// The answer to a request.
@@ -292,6 +311,8 @@ struct Core {
     /// Boxed: rare, and an inline `Option<Decision>` would be copied on
     /// every decision.
     early: Option<Box<Decision>>,
+    /// A shadow source's hit, reported as a shadow-denied limit.
+    listed: Option<Box<ListHit>>,
     now: Nanos,
 }
 
@@ -303,6 +324,7 @@ impl Default for Core {
             batch: Batch::default(),
             entries: SmallVec::new(),
             early: None,
+            listed: None,
             now: 0,
         }
     }
@@ -489,6 +511,8 @@ fn unreachable_rate() -> Rate {
 #[derive(Debug)]
 struct Compiled {
     policy: Policy,
+    /// The blocklist sources in force (kept across policy reloads).
+    lists: Arc<Blocklists>,
     name_hashes: Vec<u64>,
     /// Each rate limit's GCRA parameters, computed once (a division saved
     /// per bucket per decision).
@@ -542,6 +566,9 @@ struct Inner {
     /// Bumped after every reload: a thread's cached policy is current while
     /// its epoch matches.
     epoch: AtomicU64,
+    /// Serialises policy reloads and blocklist swaps (each builds on the
+    /// other's last state).
+    swap: Mutex<()>,
 }
 
 /// Engine identities (see [`Inner::id`]).
@@ -616,7 +643,7 @@ impl Engine {
     /// An engine over any store and clock.
     pub fn new(policy: Policy, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
         let hasher = foldhash::quality::RandomState::default();
-        let compiled = Self::compile(&hasher, policy);
+        let compiled = Self::compile(&hasher, policy, Arc::default());
         Self {
             inner: Arc::new(Inner {
                 compiled: ArcSwap::from_pointee(compiled),
@@ -630,6 +657,7 @@ impl Engine {
                 keyed: AtomicBool::new(true),
                 id: ENGINE_IDS.fetch_add(1, Ordering::Relaxed),
                 epoch: AtomicU64::new(0),
+                swap: Mutex::new(()),
             }),
         }
     }
@@ -643,7 +671,7 @@ impl Engine {
         )
     }
 
-    fn compile(hasher: &foldhash::quality::RandomState, policy: Policy) -> Compiled {
+    fn compile(hasher: &foldhash::quality::RandomState, policy: Policy, lists: Arc<Blocklists>) -> Compiled {
         let name_hashes: Vec<u64> = policy
             .limits()
             .iter()
@@ -693,6 +721,7 @@ impl Engine {
         }
         Compiled {
             policy,
+            lists,
             name_hashes,
             gcras,
             routes,
@@ -700,10 +729,28 @@ impl Engine {
     }
 
     /// Replaces the policy. Counters (keyed by limit name) and bans are kept.
+    /// The blocklist sources in force are kept.
     pub fn reload(&self, policy: Policy) {
-        let compiled = Self::compile(&self.inner.hasher, policy);
+        let _swap = self.inner.swap.lock().unwrap_or_else(|p| p.into_inner());
+        let lists = self.inner.compiled.load().lists.clone();
+        let compiled = Self::compile(&self.inner.hasher, policy, lists);
         self.inner.compiled.store(Arc::new(compiled));
         self.inner.epoch.fetch_add(1, Ordering::Release);
+    }
+
+    /// Swaps in a new set of blocklist sources, atomically: a decision sees
+    /// the old set or the new one, never a mix. The policy is kept.
+    pub fn set_blocklists(&self, lists: Arc<Blocklists>) {
+        let _swap = self.inner.swap.lock().unwrap_or_else(|p| p.into_inner());
+        let policy = self.inner.compiled.load().policy.clone();
+        let compiled = Self::compile(&self.inner.hasher, policy, lists);
+        self.inner.compiled.store(Arc::new(compiled));
+        self.inner.epoch.fetch_add(1, Ordering::Release);
+    }
+
+    /// The blocklist sources in force.
+    pub fn blocklists(&self) -> Arc<Blocklists> {
+        self.inner.compiled.load().lists.clone()
     }
 
     /// Runs `f` on the policy in force without copying it (the hot path's
@@ -827,9 +874,33 @@ impl Engine {
             plan.early = Some(Box::new(Decision::early(
                 false,
                 Duration::MAX,
-                Reason::Blocked(t.clone()),
+                Reason::Blocked(Blocked::config(t.clone())),
             )));
             return Ok(());
+        }
+        if !compiled.lists.is_empty() {
+            let count = mode != Mode::DryRun;
+            for t in &plan.targets {
+                let Some(hit) = compiled
+                    .lists
+                    .check_cached(req.side, t, self.target_hash(t), count)
+                else {
+                    continue;
+                };
+                if hit.action == ListAction::Deny {
+                    let blocked = Box::new(Blocked {
+                        target: t.clone(),
+                        list: Some(hit),
+                    });
+                    plan.early = Some(Box::new(Decision::early(
+                        false,
+                        Duration::MAX,
+                        Reason::Blocked(blocked),
+                    )));
+                    return Ok(());
+                }
+                plan.listed.get_or_insert_with(|| Box::new(hit));
+            }
         }
         if let Some(ban) = plan.targets.iter().find_map(|t| self.inner.bans.find(t, now)) {
             let wait = ban
@@ -951,6 +1022,23 @@ impl Engine {
         let now = plan.now;
         let mut d = Decision::early(true, Duration::ZERO, Reason::Allowed);
         let mut tally = Tally::default();
+        if let Some(hit) = plan.listed.take() {
+            let name = compiled
+                .lists
+                .source(&hit.source)
+                .map_or("blocklist", |s| s.report_name());
+            let report = LimitReport {
+                name,
+                target: hit.target,
+                limit: 0,
+                window: None,
+                remaining: 0,
+                reset: Duration::ZERO,
+                outcome: LimitOutcome::Allowed,
+                shadow: true,
+            };
+            tally.push(&mut d, report, false, Duration::MAX);
+        }
         for e in &plan.entries {
             let l = &policy.limits()[e.limit];
             match e.place {
@@ -1246,12 +1334,21 @@ impl Engine {
         // Checked after the keys are known and their lines are on the way
         // from memory: the miss overlaps with these checks.
         let bans = self.inner.bans.is_empty();
+        let lists = &compiled.lists;
         for t in targets.into_iter().flatten() {
             if policy.is_exempt(t)
                 || policy.blocked(t).is_some()
                 || (!bans && self.inner.bans.find(t, now).is_some())
             {
                 return Ok(Fast::Slow);
+            }
+            // A hit is decided (and counted) by the general path.
+            if !lists.is_empty() {
+                let k = t.kind() as usize;
+                let th = *hashes[k].get_or_insert_with(|| self.target_hash(t));
+                if lists.check_cached(req.side, t, th, false).is_some() {
+                    return Ok(Fast::Slow);
+                }
             }
         }
         if buckets.is_empty() {

@@ -42,6 +42,7 @@
 //! ```
 
 pub mod bans;
+pub mod blocklist;
 mod engine;
 pub mod gcra;
 pub mod memory;
@@ -53,8 +54,8 @@ pub mod time;
 
 pub use bans::{Ban, BanSource, Bans};
 pub use engine::{
-    Admission, Decision, Engine, EngineError, Guard, Lease, LimitOutcome, LimitReport, Mode, Plan, Reason,
-    Request, Targets, MAX_AUTO_BANS,
+    Admission, Blocked, Decision, Engine, EngineError, Guard, Lease, LimitOutcome, LimitReport, Mode, Plan,
+    Reason, Request, Targets, MAX_AUTO_BANS,
 };
 pub use memory::{MemoryStats, MemoryStore};
 pub use policy::{

@@ -375,7 +375,13 @@ pub fn normalize_server(s: &str) -> Option<String> {
     if let Some(p) = port {
         p.parse::<u16>().ok().filter(|p| *p != 0)?;
     }
-    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let host = host.strip_suffix('.').unwrap_or(host);
+    // IDNs compare in A-label form: `bücher.example` is `xn--bcher-kva.example`.
+    let host = if host.is_ascii() {
+        host.to_ascii_lowercase()
+    } else {
+        idna::domain_to_ascii(host).ok()?
+    };
     if !host.starts_with('[') && host.parse::<Ipv4Addr>().is_err() {
         let labels_ok = !host.is_empty()
             && host.split('.').all(|l| {

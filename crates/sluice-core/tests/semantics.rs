@@ -437,7 +437,12 @@ fn blocklist_denies_forever() {
         .unwrap();
     assert!(!d.allowed);
     assert_eq!(d.retry_after, Duration::MAX);
-    assert_eq!(d.reason, Reason::Blocked(Target::server("evil.example").unwrap()));
+    assert_eq!(
+        d.reason,
+        Reason::Blocked(sluice_core::Blocked::config(
+            Target::server("evil.example").unwrap()
+        ))
+    );
     let d = e.check(&login("192.0.2.55")).unwrap();
     assert!(matches!(d.reason, Reason::Blocked(_)));
     assert!(e.blocked(&t("ip:192.0.2.1")).is_some());
@@ -449,6 +454,142 @@ fn blocklist_denies_forever() {
         e.check(&login("192.0.2.55")).unwrap().reason,
         Reason::Blocked(_)
     ));
+}
+
+// ---------------------------------------------------------------- blocklist sources
+
+fn sources(e: &Engine, srcs: Vec<sluice_core::blocklist::Source>, except: &[&str]) {
+    let mut ex = sluice_core::blocklist::Except::default();
+    for x in except {
+        ex.add(t(x));
+    }
+    e.set_blocklists(Arc::new(sluice_core::blocklist::Blocklists::new(
+        srcs.into_iter().map(Arc::new).collect(),
+        ex,
+    )));
+}
+
+fn domain_source(
+    name: &str,
+    action: sluice_core::blocklist::ListAction,
+    d: &str,
+) -> sluice_core::blocklist::Source {
+    let mut b = sluice_core::blocklist::SourceBuilder::new(name, action)
+        .domain_match(sluice_core::blocklist::DomainMatch::Subdomains)
+        .reason(Some("open registration spam"));
+    b.add_domain(d, None).unwrap();
+    b.add_network("198.51.100.0/24".parse().unwrap(), None);
+    b.build()
+}
+
+#[test]
+fn blocklist_sources_deny_name_the_entry_and_consume_nothing() {
+    use sluice_core::blocklist::ListAction;
+    let (e, _clock) = engine(login_policy("1/1m").build());
+    sources(
+        &e,
+        vec![domain_source("jabberspam", ListAction::Deny, "spam.example")],
+        &[],
+    );
+    let req = Request::client("login")
+        .ip(ip("203.0.113.7"))
+        .user(t("user:bot@xmpp.spam.example"));
+    for _ in 0..3 {
+        let d = e.check(&req).unwrap();
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, Duration::MAX);
+        let Reason::Blocked(b) = &d.reason else {
+            panic!("{:?}", d.reason)
+        };
+        let hit = b.list.as_ref().unwrap();
+        assert_eq!((&*hit.source, hit.entry.as_str()), ("jabberspam", "spam.example"));
+        assert_eq!(hit.reason.as_deref(), Some("open registration spam"));
+    }
+    assert_eq!(e.blocklists().sources()[0].stats().denied(), 3);
+    // Nothing was consumed: the address's one login per minute is intact.
+    assert!(e.check(&login("203.0.113.7")).unwrap().allowed);
+    assert!(!e.admit(&login("198.51.100.4")).unwrap().allowed);
+    // A dry run is not counted.
+    e.dry_run(&req).unwrap();
+    assert_eq!(e.blocklists().sources()[0].stats().denied(), 4);
+}
+
+#[test]
+fn shadow_sources_report_and_never_deny() {
+    use sluice_core::blocklist::ListAction;
+    let (e, _clock) = engine(login_policy("100/1m").build());
+    sources(
+        &e,
+        vec![domain_source("xmppbl", ListAction::Shadow, "grey.example")],
+        &[],
+    );
+    let d = e
+        .check(
+            &Request::client("login")
+                .ip(ip("203.0.113.7"))
+                .server(t("server:grey.example")),
+        )
+        .unwrap();
+    assert!(d.allowed);
+    let fired: Vec<_> = d.fired().map(|l| (l.name, l.outcome)).collect();
+    assert_eq!(
+        fired,
+        vec![("blocklist.xmppbl", sluice_core::LimitOutcome::ShadowDenied)]
+    );
+    assert_eq!(e.blocklists().sources()[0].stats().shadowed(), 1);
+    assert!(e.admit(&login("198.51.100.1")).unwrap().allowed);
+}
+
+#[test]
+fn except_cancels_list_hits_only_and_exemptions_win() {
+    use sluice_core::blocklist::ListAction;
+    let policy = login_policy("1/1m")
+        .exempt_network("198.51.100.0/28".parse().unwrap())
+        .build();
+    let (e, _clock) = engine(policy);
+    sources(
+        &e,
+        vec![domain_source("l", ListAction::Deny, "example")],
+        &["server:friend.example"],
+    );
+    let friend = Request::client("login")
+        .ip(ip("203.0.113.9"))
+        .user(t("user:@me:friend.example"));
+    assert!(e.check(&friend).unwrap().allowed);
+    // Not an exemption from limits.
+    assert!(matches!(e.check(&friend).unwrap().reason, Reason::Limited(_)));
+    assert!(matches!(
+        e.check(&login("198.51.100.3")).unwrap().reason,
+        Reason::Exempt(_)
+    ));
+    assert!(matches!(
+        e.check(&login("198.51.100.99")).unwrap().reason,
+        Reason::Blocked(_)
+    ));
+}
+
+#[test]
+fn a_reload_keeps_the_sources_and_a_swap_replaces_them() {
+    use sluice_core::blocklist::ListAction;
+    let (e, _clock) = engine(login_policy("100/1m").build());
+    sources(
+        &e,
+        vec![domain_source("l", ListAction::Deny, "spam.example")],
+        &[],
+    );
+    e.reload(login_policy("50/1m").build());
+    assert!(!e.check(&login("198.51.100.3")).unwrap().allowed);
+    // The publisher dropped the network: gone at once, never merged.
+    let mut b = sluice_core::blocklist::SourceBuilder::new("l", ListAction::Deny);
+    b.add_domain("spam.example", None).unwrap();
+    sources(&e, vec![b.build()], &[]);
+    assert!(e.check(&login("198.51.100.3")).unwrap().allowed);
+    sources(&e, Vec::new(), &[]);
+    assert!(
+        e.check(&Request::client("login").server(t("server:spam.example")))
+            .unwrap()
+            .allowed
+    );
 }
 
 // ---------------------------------------------------------------- overrides

@@ -63,6 +63,8 @@ pub(crate) struct Inner {
     /// final flush at shutdown).
     pub save_lock: std::sync::Mutex<()>,
     pub admin_token: ArcSwap<Option<String>>,
+    /// The blocklist sources and their state.
+    pub lists: crate::lists::Lists,
 }
 
 /// Writes extra Prometheus families (a gateway's counters) at scrape time.
@@ -131,6 +133,8 @@ impl App {
         let state_dir = config.server.state_dir.clone().or_else(default_state_dir);
         let bans_file = state_dir.as_deref().map(BanFile::in_dir);
         let admin_token = read_token(&config.server.admin_token_file)?;
+        let lists = crate::lists::Lists::new(state_dir.as_deref());
+        engine.set_blocklists(lists.load(&config.blocklist, None));
         let app = App {
             inner: Arc::new(Inner {
                 metrics: Metrics::new(&config.policy),
@@ -148,6 +152,7 @@ impl App {
                 shutdown: tokio::sync::watch::channel(false).0,
                 tasks: std::sync::Mutex::new(Vec::new()),
                 admin_token: ArcSwap::from_pointee(admin_token),
+                lists,
             }),
         };
         app.restore_bans();
@@ -187,6 +192,19 @@ impl App {
             }
             Err(e) => tracing::error!("{e}"),
         }
+    }
+
+    /// The blocklist sources and their state.
+    pub fn lists(&self) -> &crate::lists::Lists {
+        &self.inner.lists
+    }
+
+    /// Re-reads the sources (`name`, or all), keeping the last good set of
+    /// any that fails, and swaps the result in.
+    pub fn refresh_lists(&self, name: Option<&str>) {
+        let cfg = self.config();
+        let set = self.inner.lists.load(&cfg.blocklist, Some(name));
+        self.inner.engine.set_blocklists(set);
     }
 
     /// The engine.
@@ -264,6 +282,9 @@ impl App {
             new.server.state_dir.clone_from(&old.server.state_dir);
         }
         self.inner.engine.reload(new.policy.clone());
+        self.inner
+            .engine
+            .set_blocklists(self.inner.lists.load(&new.blocklist, None));
         self.inner.metrics.update(&new.policy);
         self.inner
             .privacy

@@ -53,6 +53,9 @@ pub fn router(app: App) -> Router {
         .route("/bans/remove", post(admin_unban_many))
         .route("/bans/{target}", delete(admin_unban_one))
         .route("/reload", post(admin_reload))
+        .route("/blocklist/check", post(admin_blocklist_check))
+        .route("/blocklist/status", get(admin_blocklist_status))
+        .route("/blocklist/refresh", post(admin_blocklist_refresh))
         .route_layer(middleware::from_fn_with_state(app.clone(), admin_guard));
     Router::new()
         .route("/v1/check", post(check))
@@ -781,6 +784,107 @@ async fn admin_reload(State(app): State<App>) -> Response {
         Ok(()) => axum::Json(json!({"reloaded": true})).into_response(),
         Err(e) => bad(&app, FieldError::new("config", e.to_string())),
     }
+}
+
+fn hit_json(h: &sluice_core::blocklist::ListHit) -> Value {
+    json!({
+        "source": &*h.source,
+        "entry": h.entry,
+        "reason": h.reason.as_deref(),
+        "action": h.action.as_str(),
+    })
+}
+
+/// `{"targets": [...]}` → each target with every source listing it.
+async fn admin_blocklist_check(State(app): State<App>, body: Body) -> Response {
+    let bytes = match body_bytes(&app, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let targets = match input::object(&bytes).and_then(|m| {
+        input::only(&m, "", &["targets"])?;
+        targets_field(&app, &m)
+    }) {
+        Ok(t) => t,
+        Err(e) => return bad(&app, e),
+    };
+    let lists = app.engine().blocklists();
+    let results: Vec<Value> = targets
+        .iter()
+        .map(|t| {
+            let hits: Vec<Value> = lists.matches(None, t).iter().map(hit_json).collect();
+            json!({
+                "target": app.privacy().show(t),
+                "listed": !hits.is_empty() && !lists.except().covers(t),
+                "excepted": lists.except().covers(t),
+                "matches": hits,
+            })
+        })
+        .collect();
+    axum::Json(json!({ "results": results })).into_response()
+}
+
+fn unix_secs(t: Option<std::time::SystemTime>) -> Option<u64> {
+    t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+}
+
+async fn admin_blocklist_status(State(app): State<App>) -> Response {
+    let cfg = app.config();
+    let now = std::time::SystemTime::now();
+    let sources: Vec<Value> = app
+        .lists()
+        .status(&cfg.blocklist)
+        .iter()
+        .map(|s| {
+            let age = s.last_success.and_then(|t| now.duration_since(t).ok());
+            json!({
+                "name": s.config.name,
+                "format": s.config.format.as_str(),
+                "action": s.config.action.as_str(),
+                "entries": s.set.as_ref().map_or(0, |x| x.len()),
+                "bytes": s.set.as_ref().map_or(0, |x| x.bytes()),
+                "last_success": unix_secs(s.last_success),
+                "last_error": s.last_error,
+                "stale": age.is_none_or(|a| a > s.config.stale_after),
+                "denied": s.stats.denied(),
+                "shadowed": s.stats.shadowed(),
+            })
+        })
+        .collect();
+    axum::Json(json!({ "sources": sources })).into_response()
+}
+
+/// `{"name": "…"}` (optional) → re-read that source, or all.
+async fn admin_blocklist_refresh(State(app): State<App>, body: Body) -> Response {
+    let bytes = match body_bytes(&app, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let name = if bytes.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match input::object(&bytes).and_then(|m| {
+            input::only(&m, "", &["name"])?;
+            match m.get("name") {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(n)) => Ok(Some(n.clone())),
+                Some(_) => Err(FieldError::new("name", "expected a source name")),
+            }
+        }) {
+            Ok(n) => n,
+            Err(e) => return bad(&app, e),
+        }
+    };
+    if let Some(n) = &name {
+        if !app.config().blocklist.sources.iter().any(|s| &s.name == n) {
+            return bad(&app, FieldError::new("name", format!("no source named {n:?}")));
+        }
+    }
+    let app2 = app.clone();
+    let n2 = name.clone();
+    let _ = tokio::task::spawn_blocking(move || app2.refresh_lists(n2.as_deref())).await;
+    admin_blocklist_status(State(app)).await
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ mod app;
 mod backend;
 mod http;
 pub mod input;
+pub mod lists;
 mod metrics;
 pub mod persist;
 pub mod privacy;

@@ -41,6 +41,9 @@ pub enum Command {
     Bans(AdminArgs),
     /// Ask a running service to reload its configuration file.
     Reload(AdminArgs),
+    /// Blocklist sources of a running service: check targets, status, refresh.
+    #[command(subcommand)]
+    Blocklist(BlocklistCommand),
     /// Print shell completions.
     Completions(CompletionsArgs),
 }
@@ -112,6 +115,35 @@ pub struct BanArgs {
 pub struct UnbanArgs {
     /// Targets to unban; none or `-` reads them from stdin, one per line.
     pub targets: Vec<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// `sluice blocklist …`.
+#[derive(Debug, Subcommand)]
+pub enum BlocklistCommand {
+    /// Every source listing each target: exit 0 and the source names when one is listed, 1 when none is.
+    Check(BlocklistCheckArgs),
+    /// Each source's entries, last success, last error and staleness.
+    Status(AdminArgs),
+    /// Re-read one source (or all) now.
+    Refresh(BlocklistRefreshArgs),
+}
+
+/// `sluice blocklist check TARGET…`.
+#[derive(Debug, Args)]
+pub struct BlocklistCheckArgs {
+    /// Targets (server:evil.example, user:@a:evil.example, ip:192.0.2.1); none or `-` reads stdin.
+    pub targets: Vec<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// `sluice blocklist refresh [NAME]`.
+#[derive(Debug, Args)]
+pub struct BlocklistRefreshArgs {
+    /// The source to refresh (default: all).
+    pub name: Option<String>,
     #[command(flatten)]
     pub admin: AdminArgs,
 }

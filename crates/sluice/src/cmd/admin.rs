@@ -118,6 +118,57 @@ impl Client {
         self.print(&v, |v| ban_table(&v["bans"]))
     }
 
+    /// `sluice blocklist check TARGET…`: prints each target with the
+    /// sources listing it; `true` when any target is listed.
+    pub fn blocklist_check(&self, targets: Vec<String>) -> anyhow::Result<bool> {
+        let v = self.call(
+            "POST",
+            "/v1/admin/blocklist/check",
+            Some(json!({"targets": targets})),
+        )?;
+        let listed = v["results"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x["listed"].as_bool() == Some(true)));
+        self.print(&v, |v| {
+            let mut out = String::new();
+            for r in v["results"].as_array().into_iter().flatten() {
+                let hits = r["matches"].as_array().cloned().unwrap_or_default();
+                if hits.is_empty() {
+                    out += &format!("{}\tnot listed\n", text(&r["target"]));
+                }
+                for h in hits {
+                    out += &format!(
+                        "{}\t{}\t{}\t{}{}{}\n",
+                        text(&r["target"]),
+                        text(&h["source"]),
+                        text(&h["action"]),
+                        text(&h["entry"]),
+                        h["reason"].as_str().map(|r| format!("\t{r}")).unwrap_or_default(),
+                        if r["excepted"].as_bool() == Some(true) {
+                            "\t(excepted)"
+                        } else {
+                            ""
+                        },
+                    );
+                }
+            }
+            out
+        })?;
+        Ok(listed)
+    }
+
+    /// `sluice blocklist status`.
+    pub fn blocklist_status(&self) -> anyhow::Result<()> {
+        let v = self.call("GET", "/v1/admin/blocklist/status", None)?;
+        self.print(&v, status_table)
+    }
+
+    /// `sluice blocklist refresh [NAME]`.
+    pub fn blocklist_refresh(&self, name: Option<&str>) -> anyhow::Result<()> {
+        let v = self.call("POST", "/v1/admin/blocklist/refresh", Some(json!({"name": name})))?;
+        self.print(&v, status_table)
+    }
+
     /// `sluice ban TARGET… --for D --reason R`.
     pub fn ban(&self, targets: Vec<String>, duration: &str, reason: &str) -> anyhow::Result<()> {
         let v = self.call(
@@ -260,4 +311,31 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 pub fn server_url(flag: Option<String>) -> String {
     flag.or_else(|| std::env::var("SLUICE_SERVER").ok())
         .unwrap_or_else(|| "http://127.0.0.1:8470".to_owned())
+}
+
+fn status_table(v: &Value) -> String {
+    let r = rows(
+        &v["sources"],
+        &[
+            "name",
+            "format",
+            "action",
+            "entries",
+            "last_success",
+            "stale",
+            "last_error",
+        ],
+    );
+    table(
+        &[
+            "SOURCE",
+            "FORMAT",
+            "ACTION",
+            "ENTRIES",
+            "LAST_SUCCESS",
+            "STALE",
+            "LAST_ERROR",
+        ],
+        &r,
+    )
 }

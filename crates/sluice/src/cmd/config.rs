@@ -153,13 +153,17 @@ fn render(config: &Config, origin: &str, req: &Request<'_>, default_per: Per) ->
                 out,
                 "\n{t} is exempt: no limit or ban applies, every such request is allowed"
             )?,
-            Reason::Blocked(t) => {
-                let entry = policy.blocked(t).map(ToString::to_string).unwrap_or_default();
-                writeln!(
-                    out,
-                    "\n{t} is blocked (blocklist entry {entry}): every such request is denied"
-                )?
-            }
+            Reason::Blocked(b) => match &b.list {
+                Some(hit) => writeln!(out, "\n{hit}: every such request is denied")?,
+                None => {
+                    let t = &b.target;
+                    let entry = policy.blocked(t).map(ToString::to_string).unwrap_or_default();
+                    writeln!(
+                        out,
+                        "\n{t} is blocked (blocklist entry {entry}): every such request is denied"
+                    )?
+                }
+            },
             Reason::Banned(b) => writeln!(out, "\n{} is banned: {}", b.target, b.reason)?,
             other => writeln!(out, "\ndecided before any limit: {other:?}")?,
         }
