@@ -15,7 +15,9 @@
 //! (hyper's parser), field names and values with the `http` crate's
 //! checks. A head that fails any check, a head over 64 KiB or with more
 //! than 100 fields, goes to hyper unchanged, which answers it as it always
-//! did (400, 431). A request is never read twice: the decision to hand over
+//! did (400, 431). So does a head that may break a framing rule — no
+//! `Host`, two, or an invalid one — whose refusal is written in one place,
+//! on hyper's side (`crate::framing`). A request is never read twice: the decision to hand over
 //! is taken before anything of it is used.
 //!
 //! As with hyper, the whole head must arrive within 30 s of the previous
@@ -256,9 +258,18 @@ fn parse(buf: &[u8]) -> Parse {
         (start, start + s.len())
     };
     let mut close = false;
+    // Exactly one valid `Host`, or hyper's side refuses the request
+    // (`crate::framing`): here only counted and looked at.
+    let mut hosts = 0u32;
     let mut out = Vec::with_capacity(req.headers.len());
     for f in req.headers.iter() {
         let name = f.name.as_bytes();
+        if name.len() == 4 && name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+            if !crate::framing::valid_host(f.value) {
+                return Parse::Other;
+            }
+        }
         if name.eq_ignore_ascii_case(b"transfer-encoding")
             || name.eq_ignore_ascii_case(b"upgrade")
             || name.eq_ignore_ascii_case(b"expect")
@@ -275,6 +286,9 @@ fn parse(buf: &[u8]) -> Parse {
         let (ns, ne) = at(name);
         let (vs, ve) = at(f.value);
         out.push((ns, ne, vs, ve));
+    }
+    if hosts != 1 {
+        return Parse::Other;
     }
     Parse::Lean(Head {
         len,
@@ -643,8 +657,12 @@ mod tests {
             "GET /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET /a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             "GET /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
-            "GET /a HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: x\r\nBad Name: x\r\n\r\n",
             "GARBAGE\r\n\r\n",
+            // What hyper's side refuses (`crate::framing`).
+            "GET /a HTTP/1.1\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: x\r\nHost: x\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: x/y\r\n\r\n",
         ] {
             assert!(lean(other).is_none(), "{other:?}");
         }
@@ -664,14 +682,14 @@ mod tests {
         assert_eq!(&buf[..], b"GET /next");
         // Lengths of an empty body go no further (two would reach the
         // upstream as two).
-        let raw = "GET /x HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
+        let raw = "GET /x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
         let (parts, _) = request(&mut BytesMut::from(raw), lean(raw).unwrap()).unwrap();
         assert!(!parts.headers.contains_key(header::CONTENT_LENGTH));
     }
 
     #[test]
     fn a_value_the_http_crate_refuses_leaves_the_buffer_whole() {
-        let raw = "GET /x HTTP/1.1\r\nX-A: a\x7fb\r\n\r\n";
+        let raw = "GET /x HTTP/1.1\r\nHost: h\r\nX-A: a\x7fb\r\n\r\n";
         let mut buf = BytesMut::from(raw);
         if let Some(head) = lean(raw) {
             assert!(request(&mut buf, head).is_none());

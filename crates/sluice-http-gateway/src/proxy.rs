@@ -32,6 +32,7 @@ use sluice_server::App;
 use crate::body::{self, Charger, Held, IdleLimited, Metered, ProxyBody, Verdict};
 use crate::deadline::Deadline;
 use crate::forwarded::{self, Origin};
+use crate::framing;
 use crate::front;
 use crate::h1;
 use crate::identity::{self, Credential, TtlCache};
@@ -55,11 +56,16 @@ pub(crate) enum Count {
     UpstreamErrors,
     AuthFailures,
     Whoami,
+    /// Requests refused or failed for the client's own fault: a framing
+    /// refusal, a request body that broke off or timed out (as pingora's
+    /// errors record who is at fault, so that the client's errors do not
+    /// read as the upstream's).
+    ClientErrors,
 }
 
 /// Counters for `/metrics`, striped per thread (every request adds one).
 #[derive(Debug, Default)]
-pub(crate) struct Counters(sluice_server::Striped<5>);
+pub(crate) struct Counters(sluice_server::Striped<6>);
 
 impl Counters {
     pub(crate) fn add(&self, c: Count) {
@@ -483,6 +489,13 @@ impl Gateway {
         respond::denied(self.protocol(), route.matrix, d)
     }
 
+    /// Refuses a request for its form: the client's error, counted so.
+    fn refuse(&self, r: framing::Refusal) -> Response<ProxyBody> {
+        self.shared.counters.add(Count::ClientErrors);
+        tracing::debug!("http gateway: request refused: {r}");
+        r.answer(self.protocol())
+    }
+
     /// Handles one request from `peer`.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let mut ctx = ConnCtx::new(self, peer, None);
@@ -495,12 +508,20 @@ impl Gateway {
         mut req: Request<Incoming>,
         ctx: &mut ConnCtx,
     ) -> Response<ProxyBody> {
+        // Every head the lean side leaves comes here, and every head that
+        // may break a framing rule is left (`crate::framing`).
+        if let Err(r) = framing::check(req.method(), req.version(), req.headers()) {
+            return self.refuse(r);
+        }
         let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (parts, incoming) = req.into_parts();
         let body = if incoming.is_end_stream() {
             body::empty()
         } else {
-            incoming.map_err(body::BoxError::new).boxed()
+            // Marked as the client's: a body that breaks off is its error.
+            incoming
+                .map_err(|e| body::BoxError::new(body::ClientBodyError(e)))
+                .boxed()
         };
         let route = self.route(&parts, client_upgrade.is_some());
         self.handle_parts(parts, route, body, client_upgrade, ctx, None)
@@ -556,11 +577,7 @@ impl Gateway {
         {
             // A singleton field: with two, sluice and the upstream could each
             // take a different one as the credential.
-            return respond::upstream_error(
-                self.protocol(),
-                StatusCode::BAD_REQUEST,
-                "more than one Authorization field",
-            );
+            return self.refuse(framing::Refusal::TwoAuthorizations);
         }
         let who = self.identify(&parts.headers, &parts.uri, &origin, &route).await;
         // A body that says what the request costs (Matrix `createRoom`'s
@@ -805,11 +822,17 @@ impl Gateway {
                     return self.deny(&route, &d);
                 }
                 if e.caused_by::<body::BodyTimeout>() {
+                    self.shared.counters.add(Count::ClientErrors);
                     return respond::upstream_error(
                         self.protocol(),
                         StatusCode::REQUEST_TIMEOUT,
                         "request body timed out",
                     );
+                }
+                if e.caused_by::<body::ClientBodyError>() {
+                    // Answered if the client still reads (hyper writes
+                    // nothing to a connection that has gone).
+                    return self.refuse(framing::Refusal::Body);
                 }
                 self.shared.counters.add(Count::UpstreamErrors);
                 tracing::warn!(upstream = %self.shared.base, "http gateway: upstream request failed: {e}");
