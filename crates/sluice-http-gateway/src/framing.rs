@@ -11,6 +11,10 @@
 //!   (RFC 9110 §9.3.1–2), and an upstream that ignored it on a kept-alive
 //!   connection — which the gateway reuses for other clients — would read
 //!   it as the next request.
+//! - Only WebSocket upgrades pass ([`websocket`]); any other `Upgrade` is
+//!   removed on the way, with `HTTP2-Settings` (a hop-by-hop field), and
+//!   the request is served as HTTP/1.1, as RFC 9110 §7.8 lets a server do:
+//!   a spliced HTTP/2 connection would carry requests that meet no limit.
 //! - A request body that ends early or is badly framed is the client's
 //!   error ([`crate::body::ClientBodyError`]): 400, counted as
 //!   `client_error`, never the upstream's 502.
@@ -121,6 +125,25 @@ fn announces_body(h: &HeaderMap) -> bool {
             .any(|v| v.as_bytes().trim_ascii() != b"0")
 }
 
+/// Whether a request is a WebSocket handshake (RFC 6455 §4.1): a `GET`
+/// whose `Connection` has `upgrade` and whose `Upgrade` names `websocket`
+/// and nothing else. The only upgrade the gateway's protocols need (JMAP
+/// over WebSocket, RFC 8887); its limits apply to the handshake, and the
+/// spliced connection holds the client's connection slot.
+pub(crate) fn websocket(method: &Method, h: &HeaderMap) -> bool {
+    let mut offered = h
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+        .peekable();
+    method == Method::GET
+        && offered.peek().is_some()
+        && offered.all(|t| t.eq_ignore_ascii_case(b"websocket"))
+        && crate::h1::has_token(h, &header::CONNECTION, "upgrade")
+}
+
 /// The bytes of a `Host` value: RFC 3986's `reg-name` (unreserved,
 /// sub-delims, `%` of pct-encoded), the brackets of an IP literal and the
 /// port's colon. Not a parser of IP literals: what matters is that no
@@ -215,5 +238,35 @@ mod tests {
         assert_eq!(post, Ok(()));
         let connect = checked(&[host], Method::CONNECT, Version::HTTP_11);
         assert_eq!(connect, Err(Refusal::Connect));
+    }
+
+    #[test]
+    fn only_websocket_upgrades() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (n, v) in pairs {
+                m.append(
+                    header::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            m
+        };
+        let ws = h(&[("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")]);
+        assert!(websocket(&Method::GET, &ws));
+        assert!(!websocket(&Method::POST, &ws));
+        for other in [
+            h(&[("connection", "upgrade"), ("upgrade", "h2c")]),
+            h(&[("connection", "upgrade"), ("upgrade", "websocket, h2c")]),
+            h(&[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("upgrade", "h2c"),
+            ]),
+            h(&[("connection", "upgrade"), ("upgrade", "")]),
+            h(&[("upgrade", "websocket")]),
+        ] {
+            assert!(!websocket(&Method::GET, &other), "{other:?}");
+        }
     }
 }

@@ -11,8 +11,8 @@
 //! does not compile an HTTP client stack.
 //!
 //! The parts, in the order a request meets them: `framing` (the rules a
-//! head must keep: one `Host`, no `CONNECT`, no body on a `GET`),
-//! [`forwarded`] (the client address), [`route`]
+//! head must keep: one `Host`, no `CONNECT`, no body on a `GET`, no
+//! upgrade but WebSocket), [`forwarded`] (the client address), [`route`]
 //! (endpoint → action tables), [`identity`] (token, appservice,
 //! `X-Matrix` origin, Basic), then [`Gateway::handle`] (limits,
 //! forwarding, watching the answer) with [`body`] (streaming byte meters)

@@ -230,9 +230,10 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// A `static`: a `const` array would be built and dropped at every use.
-static HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 10] = [
     // `Connection` first (`strip_hop_by_hop` reads its index), then
     // `Keep-Alive`: the two an answer kept as written drops instead of
     // refusing (`h1::parse_head`).
@@ -245,6 +246,9 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
+    // The h2c upgrade's settings, for this hop only (RFC 7540 §3.2.1),
+    // even when `Connection` does not name them: no h2c upgrade passes.
+    HTTP2_SETTINGS,
 ];
 
 /// Fields a `Connection` list cannot remove: what the upstream must see
@@ -260,6 +264,7 @@ pub(crate) fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
         2 => &[3],
         7 => &[4, 6],
         10 => &[0, 1],
+        14 => &[9],
         16 => &[2],
         17 => &[5],
         18 => &[7],
@@ -275,7 +280,7 @@ pub(crate) fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     // Usually there are none: one pass over the (few) fields, noting which
     // hop-by-hop names are there, instead of a hashed removal per name.
-    let mut present = [false; 9];
+    let mut present = [false; HOP_BY_HOP.len()];
     for k in h.keys() {
         if let Some(i) = hop_by_hop_index(k.as_str().as_bytes()) {
             present[i] = true;
@@ -335,10 +340,6 @@ fn proves_credential(protocol: HttpProtocol, path: &str) -> bool {
         HttpProtocol::Jmap => path.starts_with("/jmap") || path.starts_with("/.well-known/jmap"),
         HttpProtocol::Generic => false,
     }
-}
-
-fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE) && h1::has_token(h, &header::CONNECTION, "upgrade")
 }
 
 /// The most of a body read before deciding ([`read_listed_invites`]): a
@@ -513,7 +514,9 @@ impl Gateway {
         if let Err(r) = framing::check(req.method(), req.version(), req.headers()) {
             return self.refuse(r);
         }
-        let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        // Any other upgrade is removed with the hop-by-hop fields.
+        let client_upgrade =
+            framing::websocket(req.method(), req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (parts, incoming) = req.into_parts();
         let body = if incoming.is_end_stream() {
             body::empty()

@@ -251,6 +251,76 @@ async fn truncated_request_body_is_the_clients_400() {
     }
 }
 
+/// Opens a WebSocket through the gateway at `addr`: 101, then an echo.
+async fn websocket_passes(addr: SocketAddr, protocol: &str) {
+    let (mut s, a) = send_raw(
+        addr,
+        b"GET /jmap/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        false,
+    )
+    .await;
+    assert_eq!(a.unwrap().status, 101, "{protocol}: websocket");
+    s.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(WAIT, s.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"ping");
+}
+
+/// Finding 3: `Upgrade: h2c` reached the upstream, and an upstream that
+/// accepted it (the test's answers 101 to any upgrade on `/ws`) had the
+/// connection spliced: HTTP/2 requests on it would meet no limit. Only
+/// WebSocket upgrades pass now; any other is removed, with
+/// `HTTP2-Settings`, and the request is served as a plain HTTP/1.1 one.
+#[tokio::test]
+async fn h2c_upgrade_never_reaches_the_upstream() {
+    for protocol in PROTOCOLS {
+        let h = start(protocol, TRUSTING, "").await;
+        for (what, fields) in [
+            (
+                "h2c",
+                "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+            ),
+            (
+                "h2c, settings not named",
+                "Connection: Upgrade\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+            ),
+            ("websocket or h2c", "Connection: upgrade\r\nUpgrade: websocket, h2c\r\n"),
+            ("something else", "Connection: upgrade\r\nUpgrade: irc/6.9\r\n"),
+            ("settings alone", "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"),
+        ] {
+            let raw = format!("GET /jmap/ws HTTP/1.1\r\nHost: x\r\n{fields}\r\n");
+            let (mut s, a) = send_raw(h.addr, raw.as_bytes(), false).await;
+            let a = a.unwrap_or_else(|| panic!("{protocol} {what}: no answer"));
+            assert_eq!(a.status, 200, "{protocol} {what}: {}", a.head);
+            let seen = &a.json()["headers"];
+            assert_eq!(seen["upgrade"], serde_json::Value::Null, "{protocol} {what}: {seen}");
+            assert_eq!(seen["http2-settings"], serde_json::Value::Null, "{protocol} {what}: {seen}");
+            assert_eq!(seen["connection"], serde_json::Value::Null, "{protocol} {what}: {seen}");
+            // Still HTTP/1.1: the next request on the connection is served.
+            s.write_all(b"GET /_matrix/client/v3/capabilities HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let next = read_answer(&mut s, false).await.unwrap();
+            assert_eq!(next.status, 200, "{protocol} {what}: then {}", next.head);
+        }
+        websocket_passes(h.addr, protocol).await;
+        // A WebSocket asked with POST is no WebSocket handshake (RFC 6455
+        // §4.1): not upgraded either.
+        let (_, a) = send_raw(
+            h.addr,
+            b"POST /jmap/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .await;
+        let a = a.unwrap();
+        assert_eq!(a.status, 200, "{protocol} POST upgrade: {}", a.head);
+        assert_eq!(a.json()["headers"]["upgrade"], serde_json::Value::Null);
+    }
+}
+
 /// Finding 4, first half: two `Host` fields were served (the gateway and
 /// the upstream could each take another). RFC 9112 §3.2: 400 — on the
 /// lean path (a plain GET) and hyper's (a POST) alike; an invalid `Host`
