@@ -101,6 +101,41 @@ struct Head {
     fields: Vec<(usize, usize, usize, usize)>,
     /// The client asked to close after this answer.
     close: bool,
+    /// Where its `Host` value lies, if it was checked (not the
+    /// connection's [`KnownHost`]).
+    checked_host: Option<(usize, usize)>,
+}
+
+/// The last `Host` value found valid on a connection: a request with the
+/// same one (a client's requests nearly always carry the same) is not
+/// checked again, which was most of what the framing rules added to the
+/// common request (`docs/benchmarks.md`, "HTTP gateway"). Inline, so an
+/// idle connection holds no allocation for it; a longer value is checked
+/// every time.
+struct KnownHost {
+    len: u8,
+    bytes: [u8; 64],
+}
+
+impl KnownHost {
+    const fn new() -> Self {
+        Self {
+            len: 0,
+            bytes: [0; 64],
+        }
+    }
+
+    /// `None` before the first (a valid value is never empty).
+    fn get(&self) -> Option<&[u8]> {
+        (self.len > 0).then(|| &self.bytes[..usize::from(self.len)])
+    }
+
+    fn remember(&mut self, v: &[u8]) {
+        if let (Some(to), Ok(len)) = (self.bytes.get_mut(..v.len()), u8::try_from(v.len())) {
+            to.copy_from_slice(v);
+            self.len = len;
+        }
+    }
 }
 
 /// Serves requests on `io` until the connection ends or a request needs
@@ -114,6 +149,7 @@ where
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let mut lines = Lines::default();
+    let mut known_host = KnownHost::new();
     loop {
         // The whole head within HEAD_TIMEOUT of the previous answer (a
         // client trickling bytes does not move it), as hyper's
@@ -121,8 +157,13 @@ where
         let end = tokio::time::Instant::now() + HEAD_TIMEOUT;
         let head = loop {
             if !buf.is_empty() {
-                match parse(&buf) {
-                    Parse::Lean(h) if h.len <= MAX_HEAD => break h,
+                match parse(&buf, known_host.get()) {
+                    Parse::Lean(h) if h.len <= MAX_HEAD => {
+                        if let Some((s, e)) = h.checked_host {
+                            known_host.remember(&buf[s..e]);
+                        }
+                        break h;
+                    }
                     Parse::Partial if buf.len() <= MAX_HEAD => {}
                     Parse::Lean(_) | Parse::Partial | Parse::Other => {
                         return Outcome::Handoff(io, buf.freeze())
@@ -234,8 +275,9 @@ enum Parse {
     Other,
 }
 
-/// Parses a request head at the start of `buf`.
-fn parse(buf: &[u8]) -> Parse {
+/// Parses a request head at the start of `buf`; a `Host` value equal to
+/// `known_host` (found valid before) is not checked again.
+fn parse(buf: &[u8], known_host: Option<&[u8]>) -> Parse {
     // Uninitialised slots: no 3 KiB of zeroes written per request.
     let mut fields = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
@@ -261,13 +303,17 @@ fn parse(buf: &[u8]) -> Parse {
     // Exactly one valid `Host`, or hyper's side refuses the request
     // (`crate::framing`): here only counted and looked at.
     let mut hosts = 0u32;
+    let mut checked_host = None;
     let mut out = Vec::with_capacity(req.headers.len());
     for f in req.headers.iter() {
         let name = f.name.as_bytes();
-        if name.len() == 4 && name.eq_ignore_ascii_case(b"host") {
+        if is_host(name) {
             hosts += 1;
-            if !crate::framing::valid_host(f.value) {
-                return Parse::Other;
+            if !known_host.is_some_and(|k| same(k, f.value)) {
+                if !crate::framing::valid_host(f.value) {
+                    return Parse::Other;
+                }
+                checked_host = Some(at(f.value));
             }
         }
         if name.eq_ignore_ascii_case(b"transfer-encoding")
@@ -296,7 +342,36 @@ fn parse(buf: &[u8]) -> Parse {
         target: at(target.as_bytes()),
         fields: out,
         close,
+        checked_host,
     })
+}
+
+/// Whether a field name is `Host`, in any case: one 4-byte comparison
+/// (setting bit 5 lower-cases a letter, and only `H` and `h` give `h`, and
+/// so on), where `eq_ignore_ascii_case` folds byte by byte — this runs for
+/// every field of every request.
+fn is_host(name: &[u8]) -> bool {
+    <[u8; 4]>::try_from(name)
+        .is_ok_and(|n| u32::from_le_bytes(n) | 0x2020_2020 == u32::from_le_bytes(*b"host"))
+}
+
+/// `a == b`, for a `Host` value and the connection's known one: for the
+/// usual lengths (8 to 16 bytes) two overlapping 8-byte words each, not
+/// a call to `memcmp`.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| {
+        s.get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map(u64::from_ne_bytes)
+    };
+    if (8..=16).contains(&n) {
+        return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
+    }
+    a == b
 }
 
 /// The request of `head`, taken off the front of `buf`: its target and
@@ -638,7 +713,7 @@ mod tests {
     use super::*;
 
     fn lean(raw: &str) -> Option<Head> {
-        match parse(raw.as_bytes()) {
+        match parse(raw.as_bytes(), None) {
             Parse::Lean(h) => Some(h),
             _ => None,
         }
@@ -666,7 +741,63 @@ mod tests {
         ] {
             assert!(lean(other).is_none(), "{other:?}");
         }
-        assert!(matches!(parse(b"GET /a HTTP/1.1\r\nHost:"), Parse::Partial));
+        assert!(matches!(parse(b"GET /a HTTP/1.1\r\nHost:", None), Parse::Partial));
+    }
+
+    /// A `Host` is checked unless it is the connection's known one; any
+    /// other, an empty one included, is checked and refused if invalid.
+    #[test]
+    fn hosts_are_checked_unless_known() {
+        let known = Some(&b"a.example"[..]);
+        let head = |host: &str| format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let Parse::Lean(h) = parse(head("a.example").as_bytes(), known) else {
+            panic!("refused")
+        };
+        assert_eq!(h.checked_host, None, "the known host is not checked again");
+        let raw = head("b.example");
+        let Parse::Lean(h) = parse(raw.as_bytes(), known) else {
+            panic!("refused")
+        };
+        let (s, e) = h.checked_host.unwrap();
+        assert_eq!(&raw.as_bytes()[s..e], b"b.example");
+        for bad in ["a/b", "a@b", ""] {
+            assert!(
+                matches!(parse(head(bad).as_bytes(), known), Parse::Other),
+                "{bad:?}"
+            );
+            assert!(
+                matches!(parse(head(bad).as_bytes(), None), Parse::Other),
+                "{bad:?}"
+            );
+        }
+        for (a, b) in [
+            ("a.example", "a.example"),
+            ("127.0.0.1:8008", "127.0.0.1:8008"),
+            ("ab", "ab"),
+        ] {
+            assert!(same(a.as_bytes(), b.as_bytes()), "{a}");
+        }
+        for (a, b) in [
+            ("a.example", "b.example"),
+            ("127.0.0.1:8008", "127.0.0.1:8009"),
+            ("127.0.0.1:8008", "127.0.0.2:8008"),
+            ("a.example", "a.example:1"),
+            ("ab", "ac"),
+        ] {
+            assert!(!same(a.as_bytes(), b.as_bytes()), "{a} {b}");
+        }
+        for name in ["host", "Host", "HOST", "hOsT"] {
+            assert!(is_host(name.as_bytes()), "{name}");
+        }
+        for name in ["hos", "hosts", "post", "h\x0fst", "(ost", "hos\x14"] {
+            assert!(!is_host(name.as_bytes()), "{name:?}");
+        }
+        let mut k = KnownHost::new();
+        assert_eq!(k.get(), None);
+        k.remember(b"a.example");
+        assert_eq!(k.get(), Some(&b"a.example"[..]));
+        k.remember(&[b'x'; 65]);
+        assert_eq!(k.get(), Some(&b"a.example"[..]), "too long to keep");
     }
 
     #[test]

@@ -43,10 +43,16 @@ impl Answer {
     }
 }
 
-/// Reads one answer from `s` (no body for a `HEAD`'s, `head_only`):
+/// A connection to the gateway and what was read from it but not used.
+struct Conn {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// Reads one answer from `c` (no body for a `HEAD`'s, `head_only`):
 /// `None` if the gateway closed the connection before a whole one.
-async fn read_answer(s: &mut TcpStream, head_only: bool) -> Option<Answer> {
-    let mut buf = Vec::new();
+async fn read_answer(c: &mut Conn, head_only: bool) -> Option<Answer> {
+    let Conn { s, buf } = c;
     let read = async {
         loop {
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -58,13 +64,16 @@ async fn read_answer(s: &mut TcpStream, head_only: bool) -> Option<Answer> {
                     .find_map(|l| l.strip_prefix("content-length: "))
                     .and_then(|n| n.trim().parse::<usize>().ok());
                 let body = match length {
-                    _ if head_only || status == 101 || status == 204 || status == 304 => Some(Vec::new()),
-                    Some(n) if rest.len() >= n => Some(rest[..n].to_vec()),
+                    _ if head_only || status == 101 || status == 204 || status == 304 => {
+                        Some((Vec::new(), 0))
+                    }
+                    Some(n) if rest.len() >= n => Some((rest[..n].to_vec(), n)),
                     Some(_) => None,
                     None if head.contains("transfer-encoding: chunked") => dechunk(rest),
                     None => None,
                 };
-                if let Some(body) = body {
+                if let Some((body, used)) = body {
+                    buf.drain(..end + 4 + used);
                     return Some(Answer { status, head, body });
                 }
             }
@@ -80,15 +89,18 @@ async fn read_answer(s: &mut TcpStream, head_only: bool) -> Option<Answer> {
         .expect("no answer and no close from the gateway")
 }
 
-/// A whole chunked body, or `None` if more is to come.
-fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+/// A whole chunked body (no trailers) and the bytes it took, or `None`
+/// if more is to come.
+fn dechunk(all: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let mut raw = all;
     let mut out = Vec::new();
     loop {
         let eol = raw.windows(2).position(|w| w == b"\r\n")?;
         let n = usize::from_str_radix(std::str::from_utf8(&raw[..eol]).ok()?, 16).ok()?;
         raw = &raw[eol + 2..];
         if n == 0 {
-            return Some(out);
+            raw = raw.strip_prefix(b"\r\n")?;
+            return Some((out, all.len() - raw.len()));
         }
         if raw.len() < n + 2 {
             return None;
@@ -98,21 +110,24 @@ fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// Whether the gateway closes `s` (reading and dropping anything else).
-async fn closes(s: &mut TcpStream) -> bool {
+/// Whether the gateway closes `c` (reading and dropping anything else).
+async fn closes(c: &mut Conn) -> bool {
     let mut sink = Vec::new();
     matches!(
-        tokio::time::timeout(WAIT, s.read_to_end(&mut sink)).await,
+        tokio::time::timeout(WAIT, c.s.read_to_end(&mut sink)).await,
         Ok(Ok(_)) | Ok(Err(_))
     )
 }
 
 /// Sends `raw` on a new connection and reads one answer.
-async fn send_raw(addr: SocketAddr, raw: &[u8], head_only: bool) -> (TcpStream, Option<Answer>) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(raw).await.unwrap();
-    let a = read_answer(&mut s, head_only).await;
-    (s, a)
+async fn send_raw(addr: SocketAddr, raw: &[u8], head_only: bool) -> (Conn, Option<Answer>) {
+    let mut c = Conn {
+        s: TcpStream::connect(addr).await.unwrap(),
+        buf: Vec::new(),
+    };
+    c.s.write_all(raw).await.unwrap();
+    let a = read_answer(&mut c, head_only).await;
+    (c, a)
 }
 
 /// The gateway's `sluice_http_gateway_requests_total` for each of
@@ -238,10 +253,13 @@ async fn truncated_request_body_is_the_clients_400() {
             "Content-Length: 100\r\n\r\n{\"body\":",
             "Transfer-Encoding: chunked\r\n\r\n10\r\n{\"bo",
         ] {
-            let mut s = TcpStream::connect(h.addr).await.unwrap();
-            s.write_all(format!("{post}{short}").as_bytes()).await.unwrap();
-            s.shutdown().await.unwrap();
-            if let Some(a) = read_answer(&mut s, false).await {
+            let mut c = Conn {
+                s: TcpStream::connect(h.addr).await.unwrap(),
+                buf: Vec::new(),
+            };
+            c.s.write_all(format!("{post}{short}").as_bytes()).await.unwrap();
+            c.s.shutdown().await.unwrap();
+            if let Some(a) = read_answer(&mut c, false).await {
                 assert_refusal(protocol, &a, 400, short);
             }
         }
@@ -260,9 +278,10 @@ async fn websocket_passes(addr: SocketAddr, protocol: &str) {
     )
     .await;
     assert_eq!(a.unwrap().status, 101, "{protocol}: websocket");
-    s.write_all(b"ping").await.unwrap();
+    assert!(s.buf.is_empty(), "bytes before the splice");
+    s.s.write_all(b"ping").await.unwrap();
     let mut echo = [0u8; 4];
-    tokio::time::timeout(WAIT, s.read_exact(&mut echo))
+    tokio::time::timeout(WAIT, s.s.read_exact(&mut echo))
         .await
         .unwrap()
         .unwrap();
@@ -300,7 +319,7 @@ async fn h2c_upgrade_never_reaches_the_upstream() {
             assert_eq!(seen["http2-settings"], serde_json::Value::Null, "{protocol} {what}: {seen}");
             assert_eq!(seen["connection"], serde_json::Value::Null, "{protocol} {what}: {seen}");
             // Still HTTP/1.1: the next request on the connection is served.
-            s.write_all(b"GET /_matrix/client/v3/capabilities HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.s.write_all(b"GET /_matrix/client/v3/capabilities HTTP/1.1\r\nHost: x\r\n\r\n")
                 .await
                 .unwrap();
             let next = read_answer(&mut s, false).await.unwrap();
@@ -346,6 +365,18 @@ async fn two_host_fields_are_a_400() {
             assert!(closes(&mut s).await, "{protocol} {what}: left open");
             n += 1;
         }
+        // On a connection whose earlier request had a valid one.
+        let (mut s, a) = send_raw(
+            h.addr,
+            b"GET /_matrix/client/v3/capabilities HTTP/1.1\r\nHost: a.example\r\n\r\n\
+              GET /_matrix/client/v3/capabilities HTTP/1.1\r\nHost: a.example@b.example\r\n\r\n",
+            false,
+        )
+        .await;
+        assert_eq!(a.unwrap().status, 200, "{protocol}");
+        let a = read_answer(&mut s, false).await.unwrap();
+        assert_refusal(protocol, &a, 400, "after a valid one");
+        n += 1;
         // After a hand-over to hyper, on the same connection.
         let (mut s, a) = send_raw(
             h.addr,
@@ -358,7 +389,7 @@ async fn two_host_fields_are_a_400() {
         let a = read_answer(&mut s, false).await.unwrap();
         assert_refusal(protocol, &a, 400, "after a hand-over");
         n += 1;
-        assert_eq!(h.seen.requests.load(Ordering::SeqCst), 1, "{protocol}: forwarded");
+        assert_eq!(h.seen.requests.load(Ordering::SeqCst), 2, "{protocol}: forwarded");
         // Hosts as the grammar has them pass.
         for host in [
             "a.example:8448",
