@@ -23,8 +23,8 @@
 //! ([`crate::front`]) takes only heads that cannot break these rules
 //! (`GET`/`HEAD` without a body or an upgrade, one valid `Host`) and hands
 //! every other one to hyper's side, where [`check`] applies them. The
-//! common request pays for a length comparison per field and a look at
-//! its one `Host` value, nothing more.
+//! common request pays for a 4-byte comparison per field and a comparison
+//! of its `Host` with the connection's last valid one, nothing more.
 //!
 //! Every refusal closes the connection (`Connection: close`): a client
 //! that sent one has lost track of the protocol, and what it sent after
