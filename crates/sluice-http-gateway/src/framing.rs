@@ -125,12 +125,15 @@ fn announces_body(h: &HeaderMap) -> bool {
             .any(|v| v.as_bytes().trim_ascii() != b"0")
 }
 
-/// Whether a request is a WebSocket handshake (RFC 6455 §4.1): a `GET`
-/// whose `Connection` has `upgrade` and whose `Upgrade` names `websocket`
-/// and nothing else. The only upgrade the gateway's protocols need (JMAP
-/// over WebSocket, RFC 8887); its limits apply to the handshake, and the
-/// spliced connection holds the client's connection slot.
-pub(crate) fn websocket(method: &Method, h: &HeaderMap) -> bool {
+/// Whether a request is a WebSocket handshake (RFC 6455 §4.1): an
+/// HTTP/1.1 `GET` whose `Connection` has `upgrade` and whose `Upgrade`
+/// names `websocket` and nothing else. The only upgrade the gateway's
+/// protocols need (JMAP over WebSocket, RFC 8887); its limits apply to the
+/// handshake, and the spliced connection holds the client's connection
+/// slot. (hyper upgrades no HTTP/1.0 connection: one passed on as an
+/// upgrade would have the upstream switch protocols on a connection the
+/// gateway cannot splice.)
+pub(crate) fn websocket(method: &Method, version: Version, h: &HeaderMap) -> bool {
     let mut offered = h
         .get_all(header::UPGRADE)
         .iter()
@@ -139,6 +142,7 @@ pub(crate) fn websocket(method: &Method, h: &HeaderMap) -> bool {
         .filter(|t| !t.is_empty())
         .peekable();
     method == Method::GET
+        && version == Version::HTTP_11
         && offered.peek().is_some()
         && offered.all(|t| t.eq_ignore_ascii_case(b"websocket"))
         && crate::h1::has_token(h, &header::CONNECTION, "upgrade")
@@ -253,8 +257,9 @@ mod tests {
             m
         };
         let ws = h(&[("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")]);
-        assert!(websocket(&Method::GET, &ws));
-        assert!(!websocket(&Method::POST, &ws));
+        assert!(websocket(&Method::GET, Version::HTTP_11, &ws));
+        assert!(!websocket(&Method::POST, Version::HTTP_11, &ws));
+        assert!(!websocket(&Method::GET, Version::HTTP_10, &ws));
         for other in [
             h(&[("connection", "upgrade"), ("upgrade", "h2c")]),
             h(&[("connection", "upgrade"), ("upgrade", "websocket, h2c")]),
@@ -266,7 +271,7 @@ mod tests {
             h(&[("connection", "upgrade"), ("upgrade", "")]),
             h(&[("upgrade", "websocket")]),
         ] {
-            assert!(!websocket(&Method::GET, &other), "{other:?}");
+            assert!(!websocket(&Method::GET, Version::HTTP_11, &other), "{other:?}");
         }
     }
 }

@@ -515,8 +515,8 @@ impl Gateway {
             return self.refuse(r);
         }
         // Any other upgrade is removed with the hop-by-hop fields.
-        let client_upgrade =
-            framing::websocket(req.method(), req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade = framing::websocket(req.method(), req.version(), req.headers())
+            .then(|| hyper::upgrade::on(&mut req));
         let (parts, incoming) = req.into_parts();
         let body = if incoming.is_end_stream() {
             body::empty()

@@ -326,6 +326,16 @@ async fn h2c_upgrade_never_reaches_the_upstream() {
             assert_eq!(next.status, 200, "{protocol} {what}: then {}", next.head);
         }
         websocket_passes(h.addr, protocol).await;
+        // Nor is one over HTTP/1.0.
+        let (_, a) = send_raw(
+            h.addr,
+            b"GET /jmap/ws HTTP/1.0\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            false,
+        )
+        .await;
+        let a = a.unwrap();
+        assert_eq!(a.status, 200, "{protocol} HTTP/1.0 upgrade: {}", a.head);
+        assert_eq!(a.json()["headers"]["upgrade"], serde_json::Value::Null);
         // A WebSocket asked with POST is no WebSocket handshake (RFC 6455
         // §4.1): not upgraded either.
         let (_, a) = send_raw(
