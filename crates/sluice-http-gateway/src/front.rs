@@ -16,9 +16,10 @@
 //! checks. A head that fails any check, a head over 64 KiB or with more
 //! than 100 fields, goes to hyper unchanged, which answers it as it always
 //! did (400, 431). So does a head that may break a framing rule — no
-//! `Host`, two, or an invalid one — whose refusal is written in one place,
-//! on hyper's side (`crate::framing`). A request is never read twice: the decision to hand over
-//! is taken before anything of it is used.
+//! `Host`, two, or an invalid one — whose refusal is written in one
+//! place, on hyper's side (`crate::framing`). A request is never read
+//! twice: the decision to hand over is taken before anything of it is
+//! used.
 //!
 //! As with hyper, the whole head must arrive within 30 s of the previous
 //! answer. Unlike hyper, only a long poll's client is watched while the
@@ -109,9 +110,9 @@ struct Head {
 /// The last `Host` value found valid on a connection: a request with the
 /// same one (a client's requests nearly always carry the same) is not
 /// checked again, which was most of what the framing rules added to the
-/// common request (`docs/benchmarks.md`, "HTTP gateway"). Inline, so an
-/// idle connection holds no allocation for it; a longer value is checked
-/// every time.
+/// common request (`docs/benchmarks.md`, "The framing rules"). Inline, so
+/// an idle connection holds no allocation for it; a longer value is
+/// checked every time.
 struct KnownHost {
     len: u8,
     bytes: [u8; 64],

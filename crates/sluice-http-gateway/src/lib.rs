@@ -16,9 +16,9 @@
 //! (endpoint → action tables), [`identity`] (token, appservice,
 //! `X-Matrix` origin, Basic), then [`Gateway::handle`] (limits,
 //! forwarding, watching the answer) with [`body`] (streaming byte meters)
-//! and [`respond`] (protocol-native errors). Connections run on worker threads,
-//! each a single-threaded runtime with its own upstream connections
-//! (`worker`, `upstream`). See `docs/gateway-http.md`.
+//! and [`respond`] (protocol-native errors). Connections run on worker
+//! threads, each a single-threaded runtime with its own upstream
+//! connections (`worker`, `upstream`). See `docs/gateway-http.md`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,4 +1,5 @@
-//! One request through the gateway, in this order:
+//! One request through the gateway, in this order, once its head has kept
+//! the framing rules ([`crate::framing`]; a refusal is the client's error):
 //!
 //! 1. **address**: the client behind trusted proxies ([`crate::forwarded`]);
 //! 2. **route**: which actions the request is ([`crate::route`]);
