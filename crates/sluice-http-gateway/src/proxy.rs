@@ -595,6 +595,7 @@ impl Gateway {
                     client_body = body::full(bytes);
                 }
                 Err((status, errcode, detail)) => {
+                    self.shared.counters.add(Count::ClientErrors);
                     return respond::client_error(self.protocol(), status, errcode, detail);
                 }
             }

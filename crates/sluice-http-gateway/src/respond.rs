@@ -96,11 +96,7 @@ pub fn client_error(
     errcode: &str,
     detail: &str,
 ) -> Response<ProxyBody> {
-    let mut resp = upstream_error(protocol, status, detail);
-    if protocol == HttpProtocol::Matrix {
-        *resp.body_mut() = full(json!({"errcode": errcode, "error": detail}).to_string());
-    }
-    resp
+    error(protocol, status, errcode, detail)
 }
 
 /// The answer when the upstream cannot be reached or failed mid-way.
@@ -118,7 +114,7 @@ pub fn refused(
     errcode: &str,
     detail: &str,
 ) -> Response<ProxyBody> {
-    let mut resp = error(protocol, status, errcode, detail);
+    let mut resp = client_error(protocol, status, errcode, detail);
     resp.headers_mut()
         .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
     resp
