@@ -102,9 +102,6 @@ struct Head {
     fields: Vec<(usize, usize, usize, usize)>,
     /// The client asked to close after this answer.
     close: bool,
-    /// Where its `Host` value lies, if it was checked (not the
-    /// connection's [`KnownHost`]).
-    checked_host: Option<(usize, usize)>,
 }
 
 /// The last `Host` value found valid on a connection: a request with the
@@ -115,14 +112,18 @@ struct Head {
 /// checked every time.
 struct KnownHost {
     len: u8,
-    bytes: [u8; 64],
+    bytes: [u8; KNOWN_HOST_MAX],
 }
+
+/// The longest [`KnownHost`] kept: a name and port
+/// (`matrix.example.org:8448`), an address and port.
+const KNOWN_HOST_MAX: usize = 47;
 
 impl KnownHost {
     const fn new() -> Self {
         Self {
             len: 0,
-            bytes: [0; 64],
+            bytes: [0; KNOWN_HOST_MAX],
         }
     }
 
@@ -158,13 +159,8 @@ where
         let end = tokio::time::Instant::now() + HEAD_TIMEOUT;
         let head = loop {
             if !buf.is_empty() {
-                match parse(&buf, known_host.get()) {
-                    Parse::Lean(h) if h.len <= MAX_HEAD => {
-                        if let Some((s, e)) = h.checked_host {
-                            known_host.remember(&buf[s..e]);
-                        }
-                        break h;
-                    }
+                match parse(&buf, &mut known_host) {
+                    Parse::Lean(h) if h.len <= MAX_HEAD => break h,
                     Parse::Partial if buf.len() <= MAX_HEAD => {}
                     Parse::Lean(_) | Parse::Partial | Parse::Other => {
                         return Outcome::Handoff(io, buf.freeze())
@@ -277,8 +273,9 @@ enum Parse {
 }
 
 /// Parses a request head at the start of `buf`; a `Host` value equal to
-/// `known_host` (found valid before) is not checked again.
-fn parse(buf: &[u8], known_host: Option<&[u8]>) -> Parse {
+/// `known_host` (found valid before) is not checked again, and one found
+/// valid becomes it.
+fn parse(buf: &[u8], known_host: &mut KnownHost) -> Parse {
     // Uninitialised slots: no 3 KiB of zeroes written per request.
     let mut fields = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
@@ -304,17 +301,16 @@ fn parse(buf: &[u8], known_host: Option<&[u8]>) -> Parse {
     // Exactly one valid `Host`, or hyper's side refuses the request
     // (`crate::framing`): here only counted and looked at.
     let mut hosts = 0u32;
-    let mut checked_host = None;
     let mut out = Vec::with_capacity(req.headers.len());
     for f in req.headers.iter() {
         let name = f.name.as_bytes();
         if is_host(name) {
             hosts += 1;
-            if !known_host.is_some_and(|k| same(k, f.value)) {
+            if !known_host.get().is_some_and(|k| same(k, f.value)) {
                 if !crate::framing::valid_host(f.value) {
                     return Parse::Other;
                 }
-                checked_host = Some(at(f.value));
+                known_host.remember(f.value);
             }
         }
         if name.eq_ignore_ascii_case(b"transfer-encoding")
@@ -343,7 +339,6 @@ fn parse(buf: &[u8], known_host: Option<&[u8]>) -> Parse {
         target: at(target.as_bytes()),
         fields: out,
         close,
-        checked_host,
     })
 }
 
@@ -714,7 +709,7 @@ mod tests {
     use super::*;
 
     fn lean(raw: &str) -> Option<Head> {
-        match parse(raw.as_bytes(), None) {
+        match parse(raw.as_bytes(), &mut KnownHost::new()) {
             Parse::Lean(h) => Some(h),
             _ => None,
         }
@@ -742,34 +737,34 @@ mod tests {
         ] {
             assert!(lean(other).is_none(), "{other:?}");
         }
-        assert!(matches!(parse(b"GET /a HTTP/1.1\r\nHost:", None), Parse::Partial));
+        assert!(matches!(
+            parse(b"GET /a HTTP/1.1\r\nHost:", &mut KnownHost::new()),
+            Parse::Partial
+        ));
     }
 
     /// A `Host` is checked unless it is the connection's known one; any
     /// other, an empty one included, is checked and refused if invalid.
     #[test]
     fn hosts_are_checked_unless_known() {
-        let known = Some(&b"a.example"[..]);
         let head = |host: &str| format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
-        let Parse::Lean(h) = parse(head("a.example").as_bytes(), known) else {
-            panic!("refused")
-        };
-        assert_eq!(h.checked_host, None, "the known host is not checked again");
-        let raw = head("b.example");
-        let Parse::Lean(h) = parse(raw.as_bytes(), known) else {
-            panic!("refused")
-        };
-        let (s, e) = h.checked_host.unwrap();
-        assert_eq!(&raw.as_bytes()[s..e], b"b.example");
+        let mut known = KnownHost::new();
+        assert!(matches!(
+            parse(head("a.example").as_bytes(), &mut known),
+            Parse::Lean(_)
+        ));
+        assert_eq!(known.get(), Some(&b"a.example"[..]), "a valid host is remembered");
+        assert!(matches!(
+            parse(head("b.example").as_bytes(), &mut known),
+            Parse::Lean(_)
+        ));
+        assert_eq!(known.get(), Some(&b"b.example"[..]), "and the next one");
         for bad in ["a/b", "a@b", ""] {
-            assert!(
-                matches!(parse(head(bad).as_bytes(), known), Parse::Other),
-                "{bad:?}"
-            );
-            assert!(
-                matches!(parse(head(bad).as_bytes(), None), Parse::Other),
-                "{bad:?}"
-            );
+            let mut fresh = KnownHost::new();
+            for k in [&mut known, &mut fresh] {
+                assert!(matches!(parse(head(bad).as_bytes(), k), Parse::Other), "{bad:?}");
+            }
+            assert_eq!(known.get(), Some(&b"b.example"[..]), "{bad:?} remembered");
         }
         for (a, b) in [
             ("a.example", "a.example"),
@@ -797,7 +792,7 @@ mod tests {
         assert_eq!(k.get(), None);
         k.remember(b"a.example");
         assert_eq!(k.get(), Some(&b"a.example"[..]));
-        k.remember(&[b'x'; 65]);
+        k.remember(&[b'x'; KNOWN_HOST_MAX + 1]);
         assert_eq!(k.get(), Some(&b"a.example"[..]), "too long to keep");
     }
 
