@@ -53,6 +53,15 @@ impl BoxError {
     }
 }
 
+/// The client's request body could not be read to its end: badly framed
+/// chunks, or the connection ended (or failed) before the framing said
+/// the body would. Carried through the upstream exchange's error, so that
+/// the failure is answered and counted as the client's (400,
+/// `client_error`), not as the upstream's 502 (`crate::framing`).
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body is malformed or incomplete")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
 /// The client sent nothing of its request body for this long.
 #[derive(Debug, thiserror::Error)]
 #[error("request body idle for more than {0:?}")]

@@ -15,8 +15,11 @@
 //! (hyper's parser), field names and values with the `http` crate's
 //! checks. A head that fails any check, a head over 64 KiB or with more
 //! than 100 fields, goes to hyper unchanged, which answers it as it always
-//! did (400, 431). A request is never read twice: the decision to hand over
-//! is taken before anything of it is used.
+//! did (400, 431). So does a head that may break a framing rule — no
+//! `Host`, two, or an invalid one — whose refusal is written in one
+//! place, on hyper's side (`crate::framing`). A request is never read
+//! twice: the decision to hand over is taken before anything of it is
+//! used.
 //!
 //! As with hyper, the whole head must arrive within 30 s of the previous
 //! answer. Unlike hyper, only a long poll's client is watched while the
@@ -101,6 +104,42 @@ struct Head {
     close: bool,
 }
 
+/// The last `Host` value found valid on a connection: a request with the
+/// same one (a client's requests nearly always carry the same) is not
+/// checked again, which was most of what the framing rules added to the
+/// common request (`docs/benchmarks.md`, "The framing rules"). Inline, so
+/// an idle connection holds no allocation for it; a longer value is
+/// checked every time.
+struct KnownHost {
+    len: u8,
+    bytes: [u8; KNOWN_HOST_MAX],
+}
+
+/// The longest [`KnownHost`] kept: a name and port
+/// (`matrix.example.org:8448`), an address and port.
+const KNOWN_HOST_MAX: usize = 47;
+
+impl KnownHost {
+    const fn new() -> Self {
+        Self {
+            len: 0,
+            bytes: [0; KNOWN_HOST_MAX],
+        }
+    }
+
+    /// `None` before the first (a valid value is never empty).
+    fn get(&self) -> Option<&[u8]> {
+        (self.len > 0).then(|| &self.bytes[..usize::from(self.len)])
+    }
+
+    fn remember(&mut self, v: &[u8]) {
+        if let (Some(to), Ok(len)) = (self.bytes.get_mut(..v.len()), u8::try_from(v.len())) {
+            to.copy_from_slice(v);
+            self.len = len;
+        }
+    }
+}
+
 /// Serves requests on `io` until the connection ends or a request needs
 /// hyper. `stopping` turns true at shutdown: the answer in progress is
 /// finished, an idle connection closes.
@@ -112,6 +151,7 @@ where
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let mut lines = Lines::default();
+    let mut known_host = KnownHost::new();
     loop {
         // The whole head within HEAD_TIMEOUT of the previous answer (a
         // client trickling bytes does not move it), as hyper's
@@ -119,7 +159,7 @@ where
         let end = tokio::time::Instant::now() + HEAD_TIMEOUT;
         let head = loop {
             if !buf.is_empty() {
-                match parse(&buf) {
+                match parse(&buf, &mut known_host) {
                     Parse::Lean(h) if h.len <= MAX_HEAD => break h,
                     Parse::Partial if buf.len() <= MAX_HEAD => {}
                     Parse::Lean(_) | Parse::Partial | Parse::Other => {
@@ -232,8 +272,10 @@ enum Parse {
     Other,
 }
 
-/// Parses a request head at the start of `buf`.
-fn parse(buf: &[u8]) -> Parse {
+/// Parses a request head at the start of `buf`; a `Host` value equal to
+/// `known_host` (found valid before) is not checked again, and one found
+/// valid becomes it.
+fn parse(buf: &[u8], known_host: &mut KnownHost) -> Parse {
     // Uninitialised slots: no 3 KiB of zeroes written per request.
     let mut fields = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
@@ -256,9 +298,21 @@ fn parse(buf: &[u8]) -> Parse {
         (start, start + s.len())
     };
     let mut close = false;
+    // Exactly one valid `Host`, or hyper's side refuses the request
+    // (`crate::framing`): here only counted and looked at.
+    let mut hosts = 0u32;
     let mut out = Vec::with_capacity(req.headers.len());
     for f in req.headers.iter() {
         let name = f.name.as_bytes();
+        if is_host(name) {
+            hosts += 1;
+            if !known_host.get().is_some_and(|k| same(k, f.value)) {
+                if !crate::framing::valid_host(f.value) {
+                    return Parse::Other;
+                }
+                known_host.remember(f.value);
+            }
+        }
         if name.eq_ignore_ascii_case(b"transfer-encoding")
             || name.eq_ignore_ascii_case(b"upgrade")
             || name.eq_ignore_ascii_case(b"expect")
@@ -276,6 +330,9 @@ fn parse(buf: &[u8]) -> Parse {
         let (vs, ve) = at(f.value);
         out.push((ns, ne, vs, ve));
     }
+    if hosts != 1 {
+        return Parse::Other;
+    }
     Parse::Lean(Head {
         len,
         method,
@@ -283,6 +340,34 @@ fn parse(buf: &[u8]) -> Parse {
         fields: out,
         close,
     })
+}
+
+/// Whether a field name is `Host`, in any case: one 4-byte comparison
+/// (setting bit 5 lower-cases a letter, and only `H` and `h` give `h`, and
+/// so on), where `eq_ignore_ascii_case` folds byte by byte — this runs for
+/// every field of every request.
+fn is_host(name: &[u8]) -> bool {
+    <[u8; 4]>::try_from(name)
+        .is_ok_and(|n| u32::from_le_bytes(n) | 0x2020_2020 == u32::from_le_bytes(*b"host"))
+}
+
+/// `a == b`, for a `Host` value and the connection's known one: for the
+/// usual lengths (8 to 16 bytes) two overlapping 8-byte words each, not
+/// a call to `memcmp`.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| {
+        s.get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map(u64::from_ne_bytes)
+    };
+    if (8..=16).contains(&n) {
+        return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
+    }
+    a == b
 }
 
 /// The request of `head`, taken off the front of `buf`: its target and
@@ -624,7 +709,7 @@ mod tests {
     use super::*;
 
     fn lean(raw: &str) -> Option<Head> {
-        match parse(raw.as_bytes()) {
+        match parse(raw.as_bytes(), &mut KnownHost::new()) {
             Parse::Lean(h) => Some(h),
             _ => None,
         }
@@ -643,12 +728,72 @@ mod tests {
             "GET /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET /a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             "GET /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
-            "GET /a HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: x\r\nBad Name: x\r\n\r\n",
             "GARBAGE\r\n\r\n",
+            // What hyper's side refuses (`crate::framing`).
+            "GET /a HTTP/1.1\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: x\r\nHost: x\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: x/y\r\n\r\n",
         ] {
             assert!(lean(other).is_none(), "{other:?}");
         }
-        assert!(matches!(parse(b"GET /a HTTP/1.1\r\nHost:"), Parse::Partial));
+        assert!(matches!(
+            parse(b"GET /a HTTP/1.1\r\nHost:", &mut KnownHost::new()),
+            Parse::Partial
+        ));
+    }
+
+    /// A `Host` is checked unless it is the connection's known one; any
+    /// other, an empty one included, is checked and refused if invalid.
+    #[test]
+    fn hosts_are_checked_unless_known() {
+        let head = |host: &str| format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let mut known = KnownHost::new();
+        assert!(matches!(
+            parse(head("a.example").as_bytes(), &mut known),
+            Parse::Lean(_)
+        ));
+        assert_eq!(known.get(), Some(&b"a.example"[..]), "a valid host is remembered");
+        assert!(matches!(
+            parse(head("b.example").as_bytes(), &mut known),
+            Parse::Lean(_)
+        ));
+        assert_eq!(known.get(), Some(&b"b.example"[..]), "and the next one");
+        for bad in ["a/b", "a@b", ""] {
+            let mut fresh = KnownHost::new();
+            for k in [&mut known, &mut fresh] {
+                assert!(matches!(parse(head(bad).as_bytes(), k), Parse::Other), "{bad:?}");
+            }
+            assert_eq!(known.get(), Some(&b"b.example"[..]), "{bad:?} remembered");
+        }
+        for (a, b) in [
+            ("a.example", "a.example"),
+            ("127.0.0.1:8008", "127.0.0.1:8008"),
+            ("ab", "ab"),
+        ] {
+            assert!(same(a.as_bytes(), b.as_bytes()), "{a}");
+        }
+        for (a, b) in [
+            ("a.example", "b.example"),
+            ("127.0.0.1:8008", "127.0.0.1:8009"),
+            ("127.0.0.1:8008", "127.0.0.2:8008"),
+            ("a.example", "a.example:1"),
+            ("ab", "ac"),
+        ] {
+            assert!(!same(a.as_bytes(), b.as_bytes()), "{a} {b}");
+        }
+        for name in ["host", "Host", "HOST", "hOsT"] {
+            assert!(is_host(name.as_bytes()), "{name}");
+        }
+        for name in ["hos", "hosts", "post", "h\x0fst", "(ost", "hos\x14"] {
+            assert!(!is_host(name.as_bytes()), "{name:?}");
+        }
+        let mut k = KnownHost::new();
+        assert_eq!(k.get(), None);
+        k.remember(b"a.example");
+        assert_eq!(k.get(), Some(&b"a.example"[..]));
+        k.remember(&[b'x'; KNOWN_HOST_MAX + 1]);
+        assert_eq!(k.get(), Some(&b"a.example"[..]), "too long to keep");
     }
 
     #[test]
@@ -664,14 +809,14 @@ mod tests {
         assert_eq!(&buf[..], b"GET /next");
         // Lengths of an empty body go no further (two would reach the
         // upstream as two).
-        let raw = "GET /x HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
+        let raw = "GET /x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
         let (parts, _) = request(&mut BytesMut::from(raw), lean(raw).unwrap()).unwrap();
         assert!(!parts.headers.contains_key(header::CONTENT_LENGTH));
     }
 
     #[test]
     fn a_value_the_http_crate_refuses_leaves_the_buffer_whole() {
-        let raw = "GET /x HTTP/1.1\r\nX-A: a\x7fb\r\n\r\n";
+        let raw = "GET /x HTTP/1.1\r\nHost: h\r\nX-A: a\x7fb\r\n\r\n";
         let mut buf = BytesMut::from(raw);
         if let Some(head) = lean(raw) {
             assert!(request(&mut buf, head).is_none());

@@ -10,13 +10,15 @@
 //! (XMPP) lives in `sluice-gateway`; this crate is separate so that one
 //! does not compile an HTTP client stack.
 //!
-//! The parts, in the order a request meets them: [`forwarded`] (the client
-//! address), [`route`] (endpoint → action tables), [`identity`] (token,
-//! appservice, `X-Matrix` origin, Basic), then [`Gateway::handle`] (limits,
-//! forwarding, watching the answer) with [`body`] (streaming byte meters) and
-//! [`respond`] (protocol-native errors). Connections run on worker threads,
-//! each a single-threaded runtime with its own upstream connections
-//! (`worker`, `upstream`). See `docs/gateway-http.md`.
+//! The parts, in the order a request meets them: `framing` (the rules a
+//! head must keep: one `Host`, no `CONNECT`, no body on a `GET`, no
+//! upgrade but WebSocket), [`forwarded`] (the client address), [`route`]
+//! (endpoint → action tables), [`identity`] (token, appservice,
+//! `X-Matrix` origin, Basic), then [`Gateway::handle`] (limits,
+//! forwarding, watching the answer) with [`body`] (streaming byte meters)
+//! and [`respond`] (protocol-native errors). Connections run on worker
+//! threads, each a single-threaded runtime with its own upstream
+//! connections (`worker`, `upstream`). See `docs/gateway-http.md`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -41,6 +43,7 @@
 pub mod body;
 mod deadline;
 pub mod forwarded;
+mod framing;
 mod front;
 mod h1;
 pub mod identity;
@@ -336,6 +339,7 @@ fn metrics_source(gws: Vec<(Gateway, SocketAddr)>) -> sluice_server::MetricsSour
                 ("forwarded", proxy::Count::Forwarded),
                 ("denied", proxy::Count::Denied),
                 ("upstream_error", proxy::Count::UpstreamErrors),
+                ("client_error", proxy::Count::ClientErrors),
             ] {
                 let _ = writeln!(
                     out,

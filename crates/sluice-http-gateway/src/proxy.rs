@@ -1,4 +1,5 @@
-//! One request through the gateway, in this order:
+//! One request through the gateway, in this order, once its head has kept
+//! the framing rules ([`crate::framing`]; a refusal is the client's error):
 //!
 //! 1. **address**: the client behind trusted proxies ([`crate::forwarded`]);
 //! 2. **route**: which actions the request is ([`crate::route`]);
@@ -32,6 +33,7 @@ use sluice_server::App;
 use crate::body::{self, Charger, Held, IdleLimited, Metered, ProxyBody, Verdict};
 use crate::deadline::Deadline;
 use crate::forwarded::{self, Origin};
+use crate::framing;
 use crate::front;
 use crate::h1;
 use crate::identity::{self, Credential, TtlCache};
@@ -55,11 +57,16 @@ pub(crate) enum Count {
     UpstreamErrors,
     AuthFailures,
     Whoami,
+    /// Requests refused or failed for the client's own fault: a framing
+    /// refusal, a request body that broke off or timed out (as pingora's
+    /// errors record who is at fault, so that the client's errors do not
+    /// read as the upstream's).
+    ClientErrors,
 }
 
 /// Counters for `/metrics`, striped per thread (every request adds one).
 #[derive(Debug, Default)]
-pub(crate) struct Counters(sluice_server::Striped<5>);
+pub(crate) struct Counters(sluice_server::Striped<6>);
 
 impl Counters {
     pub(crate) fn add(&self, c: Count) {
@@ -224,9 +231,10 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// A `static`: a `const` array would be built and dropped at every use.
-static HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 10] = [
     // `Connection` first (`strip_hop_by_hop` reads its index), then
     // `Keep-Alive`: the two an answer kept as written drops instead of
     // refusing (`h1::parse_head`).
@@ -239,6 +247,9 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
+    // The h2c upgrade's settings, for this hop only (RFC 7540 §3.2.1),
+    // even when `Connection` does not name them: no h2c upgrade passes.
+    HTTP2_SETTINGS,
 ];
 
 /// Fields a `Connection` list cannot remove: what the upstream must see
@@ -254,6 +265,7 @@ pub(crate) fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
         2 => &[3],
         7 => &[4, 6],
         10 => &[0, 1],
+        14 => &[9],
         16 => &[2],
         17 => &[5],
         18 => &[7],
@@ -269,7 +281,7 @@ pub(crate) fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     // Usually there are none: one pass over the (few) fields, noting which
     // hop-by-hop names are there, instead of a hashed removal per name.
-    let mut present = [false; 9];
+    let mut present = [false; HOP_BY_HOP.len()];
     for k in h.keys() {
         if let Some(i) = hop_by_hop_index(k.as_str().as_bytes()) {
             present[i] = true;
@@ -329,10 +341,6 @@ fn proves_credential(protocol: HttpProtocol, path: &str) -> bool {
         HttpProtocol::Jmap => path.starts_with("/jmap") || path.starts_with("/.well-known/jmap"),
         HttpProtocol::Generic => false,
     }
-}
-
-fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE) && h1::has_token(h, &header::CONNECTION, "upgrade")
 }
 
 /// The most of a body read before deciding ([`read_listed_invites`]): a
@@ -483,6 +491,13 @@ impl Gateway {
         respond::denied(self.protocol(), route.matrix, d)
     }
 
+    /// Refuses a request for its form: the client's error, counted so.
+    fn refuse(&self, r: framing::Refusal) -> Response<ProxyBody> {
+        self.shared.counters.add(Count::ClientErrors);
+        tracing::debug!("http gateway: request refused: {r}");
+        r.answer(self.protocol())
+    }
+
     /// Handles one request from `peer`.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let mut ctx = ConnCtx::new(self, peer, None);
@@ -495,12 +510,22 @@ impl Gateway {
         mut req: Request<Incoming>,
         ctx: &mut ConnCtx,
     ) -> Response<ProxyBody> {
-        let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        // Every head the lean side leaves comes here, and every head that
+        // may break a framing rule is left (`crate::framing`).
+        if let Err(r) = framing::check(req.method(), req.version(), req.headers()) {
+            return self.refuse(r);
+        }
+        // Any other upgrade is removed with the hop-by-hop fields.
+        let client_upgrade = framing::websocket(req.method(), req.version(), req.headers())
+            .then(|| hyper::upgrade::on(&mut req));
         let (parts, incoming) = req.into_parts();
         let body = if incoming.is_end_stream() {
             body::empty()
         } else {
-            incoming.map_err(body::BoxError::new).boxed()
+            // Marked as the client's: a body that breaks off is its error.
+            incoming
+                .map_err(|e| body::BoxError::new(body::ClientBodyError(e)))
+                .boxed()
         };
         let route = self.route(&parts, client_upgrade.is_some());
         self.handle_parts(parts, route, body, client_upgrade, ctx, None)
@@ -556,11 +581,7 @@ impl Gateway {
         {
             // A singleton field: with two, sluice and the upstream could each
             // take a different one as the credential.
-            return respond::upstream_error(
-                self.protocol(),
-                StatusCode::BAD_REQUEST,
-                "more than one Authorization field",
-            );
+            return self.refuse(framing::Refusal::TwoAuthorizations);
         }
         let who = self.identify(&parts.headers, &parts.uri, &origin, &route).await;
         // A body that says what the request costs (Matrix `createRoom`'s
@@ -574,6 +595,7 @@ impl Gateway {
                     client_body = body::full(bytes);
                 }
                 Err((status, errcode, detail)) => {
+                    self.shared.counters.add(Count::ClientErrors);
                     return respond::client_error(self.protocol(), status, errcode, detail);
                 }
             }
@@ -805,11 +827,17 @@ impl Gateway {
                     return self.deny(&route, &d);
                 }
                 if e.caused_by::<body::BodyTimeout>() {
+                    self.shared.counters.add(Count::ClientErrors);
                     return respond::upstream_error(
                         self.protocol(),
                         StatusCode::REQUEST_TIMEOUT,
                         "request body timed out",
                     );
+                }
+                if e.caused_by::<body::ClientBodyError>() {
+                    // Answered if the client still reads (hyper writes
+                    // nothing to a connection that has gone).
+                    return self.refuse(framing::Refusal::Body);
                 }
                 self.shared.counters.add(Count::UpstreamErrors);
                 tracing::warn!(upstream = %self.shared.base, "http gateway: upstream request failed: {e}");

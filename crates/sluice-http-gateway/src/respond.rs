@@ -6,6 +6,9 @@
 //!   targets; `413 M_TOO_LARGE` for an upload no bucket can ever hold.
 //! - JMAP and generic: RFC 9457 `application/problem+json` with the same
 //!   statuses (JMAP's request-level `urn:ietf:params:jmap:error:limit` type).
+//! - A request refused for its own form (framing): 400 (405 for
+//!   `CONNECT`), `M_UNKNOWN` (`M_UNRECOGNIZED`) or a problem, closing the
+//!   connection ([`refused`]).
 //!
 //! Every denial carries `Retry-After` and the IETF `RateLimit` /
 //! `RateLimit-Policy` fields of the limits that applied.
@@ -93,20 +96,33 @@ pub fn client_error(
     errcode: &str,
     detail: &str,
 ) -> Response<ProxyBody> {
-    let mut resp = upstream_error(protocol, status, detail);
-    if protocol == HttpProtocol::Matrix {
-        *resp.body_mut() = full(json!({"errcode": errcode, "error": detail}).to_string());
-    }
-    resp
+    error(protocol, status, errcode, detail)
 }
 
 /// The answer when the upstream cannot be reached or failed mid-way.
 pub fn upstream_error(protocol: HttpProtocol, status: StatusCode, detail: &str) -> Response<ProxyBody> {
+    error(protocol, status, "M_UNKNOWN", detail)
+}
+
+/// The answer to a request refused for its own form (framing, a repeated
+/// singleton field): `status` (a 4xx) with Matrix's `errcode` or a
+/// problem, and `Connection: close` — the connection is not trusted with
+/// another request (`docs/gateway-http.md`, "Framing rules").
+pub fn refused(
+    protocol: HttpProtocol,
+    status: StatusCode,
+    errcode: &str,
+    detail: &str,
+) -> Response<ProxyBody> {
+    let mut resp = client_error(protocol, status, errcode, detail);
+    resp.headers_mut()
+        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+fn error(protocol: HttpProtocol, status: StatusCode, errcode: &str, detail: &str) -> Response<ProxyBody> {
     let (body, ctype) = if protocol == HttpProtocol::Matrix {
-        (
-            json!({"errcode": "M_UNKNOWN", "error": detail}),
-            "application/json",
-        )
+        (json!({"errcode": errcode, "error": detail}), "application/json")
     } else {
         (
             json!({"type": "about:blank", "status": status.as_u16(), "title": status.canonical_reason().unwrap_or("Error"), "detail": detail}),

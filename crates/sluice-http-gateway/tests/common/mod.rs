@@ -70,6 +70,10 @@ async fn upstream(req: Request<Incoming>, seen: Arc<Seen>) -> Response<UpBody> {
         "x-real-ip",
         "x-forwarded-proto",
         "host",
+        // What must not pass a hop (the framing tests).
+        "upgrade",
+        "http2-settings",
+        "connection",
     ]
     .iter()
     .filter_map(|h| {
