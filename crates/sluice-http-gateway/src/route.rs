@@ -222,14 +222,7 @@ fn method_matches(rule: &str, method: &Method) -> bool {
 /// server's router may serve them, and counting them costs an honest client
 /// nothing.
 fn normalize(path: &str) -> Option<String> {
-    let plain = !path.contains('%')
-        && !path.contains("//")
-        && !path.contains("/./")
-        && !path.contains("/../")
-        && !path.ends_with("/.")
-        && !path.ends_with("/..")
-        && !(path.len() > 1 && path.ends_with('/'));
-    if plain {
+    if !needs_normalizing(path.as_bytes()) {
         return None;
     }
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
@@ -249,6 +242,24 @@ fn normalize(path: &str) -> Option<String> {
         n.push_str(s);
     }
     (n != path).then_some(n)
+}
+
+/// Whether [`normalize`] could change `path`: an escape, an empty segment
+/// (`//`, a trailing `/`) or a dot segment. One pass: this runs for every
+/// request.
+fn needs_normalizing(b: &[u8]) -> bool {
+    if b.len() > 1 && b.last() == Some(&b'/') {
+        return true;
+    }
+    let mut prev = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let dot_segment = c == b'.' && matches!(b.get(i + 1), None | Some(b'/' | b'.'));
+        if c == b'%' || (prev == b'/' && (c == b'/' || dot_segment)) {
+            return true;
+        }
+        prev = c;
+    }
+    false
 }
 
 /// Path segments: on the stack for the paths clients send.
@@ -318,7 +329,12 @@ fn lookup(api: Api, v: Verb, rest: &str) -> Option<Route> {
         Some(&"") => &segs[..segs.len() - 1],
         _ => &segs[..],
     };
-    (1..trimmed.len()).find_map(|at| api.table(v, &trimmed[at..]))
+    // (The version's own offset was tried above, unless a trailing empty
+    // segment was trimmed since.)
+    let tried = (trimmed.len() == segs.len()).then_some(at);
+    (1..trimmed.len())
+        .filter(|&i| Some(i) != tried)
+        .find_map(|i| api.table(v, &trimmed[i..]))
 }
 
 fn matrix(v: Verb, path: &str, normal: Option<&str>) -> Route {
