@@ -17,6 +17,21 @@
 --
 -- With sluice's TCP gateway (or HAProxy) in front and mod_net_proxy
 -- enabled, session.ip is the real client address.
+--
+-- Federation, outgoing (Prosody 0.12.4 and later: the s2sout-pre-connect
+-- event):
+--
+--   sluice_s2s_relay = "127.0.0.1:15269"  -- every s2s-out through sluice's
+--                                          -- outgoing relay (direction = "outgoing")
+--   sluice_check_outgoing = true          -- each stanza to a remote domain is
+--                                          -- checked as the federation action
+--                                          -- `outgoing`, with the destination
+--                                          -- server and the local sender
+--
+-- A denied stanza is bounced to its sender with
+-- <error type='wait'><resource-constraint/></error> (and dropped when it
+-- is itself an error or a result, as RFC 6120 §8.3.1 asks). The local
+-- account is the only name for the abuser that no one else can see.
 
 local http = require "net.http";
 local json = require "util.json";
@@ -34,12 +49,14 @@ if on_error ~= "allow" and on_error ~= "deny" then
 	on_error = "deny";
 end
 local fail_open = on_error == "allow";
+local s2s_relay = module:get_option_string("sluice_s2s_relay", nil);
+local check_outgoing = module:get_option_boolean("sluice_check_outgoing", false);
 
 local xmlns_sasl = "urn:ietf:params:xml:ns:xmpp-sasl";
 
 -- One POST /v1/check. Returns the decision (`allowed`, `retry_after_ms`,
 -- `why`), or nil and the reason sluice gave none.
-local function ask(action, targets, dry_run)
+local function ask(action, targets, dry_run, side)
 	local wait, done = async.waiter();
 	local answer, failure;
 	local finished = false;
@@ -47,7 +64,7 @@ local function ask(action, targets, dry_run)
 	local req = http.request(base .. "/v1/check", {
 		method = "POST";
 		headers = { ["Content-Type"] = "application/json" };
-		body = json.encode({ action = action; targets = targets; dry_run = dry_run or nil });
+		body = json.encode({ action = action; side = side; targets = targets; dry_run = dry_run or nil });
 		suppress_errors = true;
 	}, function (body, code)
 		if code ~= 200 then
@@ -77,8 +94,8 @@ local function ask(action, targets, dry_run)
 end
 
 -- The decision, with on_error applied: allowed, retry_after_ms (nil: unknown), failed.
-local function check(action, targets, dry_run)
-	local answer, failure = ask(action, targets, dry_run);
+local function check(action, targets, dry_run, side)
+	local answer, failure = ask(action, targets, dry_run, side);
 	if not answer then
 		module:log("warn", "sluice failed (%s, %s): %s", action, fail_open and "allowed" or "denied", failure);
 		return fail_open, nil, true;
@@ -143,3 +160,49 @@ module:hook("authentication-failure", function (event)
 	-- Counting failures lets sluice's autoban rules ban password guessers.
 	check("authentication_failure", { ip = session and session.ip });
 end);
+
+-- Every s2s-out connection through sluice's outgoing relay: sluice reads the
+-- stream's `to`, decides, resolves (SRV, A/AAAA) and connects. STARTTLS and
+-- certificates stay between the two servers.
+if s2s_relay then
+	local relay_host, relay_port = s2s_relay:match("^%[?([^%]]+)%]?:(%d+)$");
+	if not relay_host then
+		module:log("error", "sluice_s2s_relay must be host:port, not %q; s2s-out is not relayed", s2s_relay);
+	else
+		local basic = require "net.resolvers.basic";
+		module:hook("s2sout-pre-connect", function (event)
+			event.resolver = basic.new(relay_host, tonumber(relay_port), "tcp", {});
+		end);
+	end
+end
+
+-- Stanzas to remote domains: one `outgoing` check each, per destination
+-- server and per local sender (and globally), on the federation side.
+if check_outgoing then
+	local jid_split = require "util.jid".split;
+	local jid_bare = require "util.jid".bare;
+	local bounced = 0;
+	module:hook("route/remote", function (event)
+		local stanza, origin = event.stanza, event.origin;
+		local to_host = event.to_host;
+		local sender = stanza.attr.from and jid_bare(stanza.attr.from);
+		local node = sender and jid_split(sender);
+		-- Waiting for sluice needs an async runner (c2s stanzas have one);
+		-- stanzas from timers and components pass unchecked.
+		if not async.ready() then return; end
+		local targets = { server = to_host; user = node and sender or nil };
+		local allowed, _, failed = check("outgoing", targets, nil, "federation");
+		if allowed then return; end
+		bounced = bounced + 1;
+		-- sluice logs the account (hashed per its privacy settings) and
+		-- counts the denial; this counter is for the server's own log.
+		module:log("info", "outgoing stanza to %s refused (%s), %d so far", to_host,
+			failed and "sluice failed" or "limit", bounced);
+		local t = stanza.attr.type;
+		if t ~= "error" and t ~= "result" and origin and origin.send then
+			origin.send(st.error_reply(stanza, "wait", "resource-constraint",
+				"Too many stanzas to " .. to_host .. ", try again later"));
+		end
+		return true;
+	end, 100);
+end

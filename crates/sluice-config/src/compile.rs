@@ -974,20 +974,7 @@ impl Compiler<'_> {
             let r = g.get_ref();
             let listen = self.socket_addr(&r.listen)?;
             check_listen(listen, span_of(&r.listen))?;
-            let up = r.upstream.get_ref();
-            let has_port = up.rsplit_once(':').is_some_and(|(h, p)| {
-                !h.is_empty()
-                    && (!h.contains(':') || h.ends_with(']'))
-                    && p.parse::<u16>().is_ok_and(|p| p != 0)
-            });
-            if !has_port || normalize_server(up).is_none() {
-                return Err(self.err(
-                    span_of(&r.upstream),
-                    format!(
-                        "upstream must be host:port (e.g. \"127.0.0.1:5222\" or \"[::1]:5269\"), got {up:?}"
-                    ),
-                ));
-            }
+            let up = self.tcp_upstream(g, r)?;
             let side: Side = r
                 .side
                 .get_ref()
@@ -1000,8 +987,7 @@ impl Compiler<'_> {
                     "accept_proxy needs [network] trusted_proxies: a PROXY header from anyone else would let clients pick their own address",
                 ));
             }
-            c.tcp
-                .push(self.tcp_gateway(r, listen, up.clone(), side, accept_proxy)?);
+            c.tcp.push(self.tcp_gateway(r, listen, up, side, accept_proxy)?);
         }
         for g in &raw.http {
             let r = g.get_ref();

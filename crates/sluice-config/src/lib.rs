@@ -51,8 +51,8 @@ pub use error::{ConfigError, EXIT_CONFIG};
 pub use preset::{presets_table, Preset, UnknownPreset};
 pub use settings::{
     AppserviceToken, BandwidthConfig, GatewayConfig, HttpGateway, HttpProtocol, HttpRule, NetworkConfig,
-    OnError, PrivacyConfig, ProxyVersion, RealIpHeader, ServerConfig, StoreConfig, StoreKind, TcpGateway,
-    TcpProtocol, Throttle, UserIdentity,
+    OnError, OutgoingRelay, PrivacyConfig, ProxyVersion, RealIpHeader, ServerConfig, StoreConfig, StoreKind,
+    TcpGateway, TcpProtocol, Throttle, UserIdentity,
 };
 /// The rate type used throughout the configuration.
 pub use sluice_core::Rate;

@@ -198,6 +198,38 @@ const ROWS: &[Row] = &[
     rate(F, "connection", per(Ip), ["300/1h", "300/1h", "300/1h", "300/1h"]),
     cap(F, "connection", per(Ip), ["20", "30", "50", "100"]),
     rate(F, "outgoing", per(Server), ["20/1s", "20/1s", "50/1s", "100/1s"]),
+    rate(F, "outgoing", per(User), ["600/1m", "600/1m", "300/1m", "300/1m"]),
+    rate(
+        F,
+        "outgoing",
+        Scope::Global,
+        ["100/1s", "200/1s", "1000/1s", "5000/1s"],
+    ),
+    rate(
+        F,
+        "outgoing_connection",
+        per(Server),
+        ["30/1h", "30/1h", "60/1h", "120/1h"],
+    ),
+    rate(
+        F,
+        "outgoing_connection",
+        Scope::Global,
+        ["300/1h", "1000/1h", "5000/1h", "20000/1h"],
+    ),
+    cap(F, "outgoing_connection", per(Server), ["4", "4", "8", "8"]),
+    rate(
+        F,
+        "outgoing_bandwidth",
+        per(Server),
+        ["256KiB/1s", "256KiB/1s", "1MiB/1s", "4MiB/1s"],
+    ),
+    rate(
+        F,
+        "outgoing_bandwidth",
+        Scope::Global,
+        ["1MiB/1s", "2MiB/1s", "8MiB/1s", "32MiB/1s"],
+    ),
     rate(
         F,
         "request",

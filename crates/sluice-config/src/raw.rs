@@ -262,7 +262,8 @@ pub(crate) struct RawGateway {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTcp {
     pub listen: S<String>,
-    pub upstream: S<String>,
+    /// Required unless `direction = "outgoing"`.
+    pub upstream: Option<S<String>>,
     pub side: S<String>,
     #[serde(default)]
     pub accept_proxy: Option<S<bool>>,
@@ -276,6 +277,14 @@ pub(crate) struct RawTcp {
     pub throttle: Option<S<String>>,
     pub protocol: Option<S<String>>,
     pub direct_tls: Option<S<bool>>,
+    pub direction: Option<S<String>>,
+    /// Outgoing relays: destination domain → `host:port`.
+    pub routes: Option<S<BTreeMap<String, S<String>>>>,
+    pub resolver: Option<S<String>>,
+    #[serde(default)]
+    pub deny_networks: Vec<S<String>>,
+    #[serde(default)]
+    pub allow_networks: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

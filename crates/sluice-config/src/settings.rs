@@ -191,7 +191,8 @@ pub enum ProxyVersion {
 pub struct TcpGateway {
     /// Where clients connect.
     pub listen: SocketAddr,
-    /// Where connections go: `host:port`.
+    /// Where connections go: `host:port`. Empty on an outgoing relay
+    /// (`outgoing` is set instead): its destinations come from each stream.
     pub upstream: String,
     /// Client (c2s) or federation (s2s) limits.
     pub side: Side,
@@ -223,6 +224,27 @@ pub struct TcpGateway {
     /// an `xmpp` listener reads the ClientHello's SNI instead of a stream
     /// header, and sends no stream errors (it cannot, TLS is end to end).
     pub direct_tls: bool,
+    /// `direction = "outgoing"`: the s2s-out relay (federation, `xmpp`),
+    /// which connects to each stream's `to` instead of an upstream.
+    pub outgoing: Option<OutgoingRelay>,
+}
+
+/// An outgoing relay's way to its destinations.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutgoingRelay {
+    /// Static routes, domain (normalised) → `host:port`; they win over DNS
+    /// and may point anywhere, private networks included.
+    pub routes: std::collections::BTreeMap<String, String>,
+    /// The DNS server to ask (`ip:port`); `None`: the system's
+    /// (`/etc/resolv.conf`).
+    pub resolver: Option<SocketAddr>,
+    /// Networks a destination found through DNS may not resolve into, on
+    /// top of loopback, private, link-local and the other special ranges
+    /// that are always denied.
+    pub deny_networks: Vec<ipnet::IpNet>,
+    /// Exceptions to the denied networks (built in and configured), for
+    /// private federations found through DNS.
+    pub allow_networks: Vec<ipnet::IpNet>,
 }
 
 /// What a `[[gateway.tcp]]` listener understands of the bytes it relays.

@@ -120,6 +120,16 @@ pub const BUILTIN_ACTIONS: &[(Side, &str, Per)] = &[
     (Side::Federation, "media_download", Per::Kind(TargetKind::Server)),
     (Side::Federation, "connection", Per::Kind(TargetKind::Ip)),
     (Side::Federation, "outgoing", Per::Kind(TargetKind::Server)),
+    (
+        Side::Federation,
+        "outgoing_connection",
+        Per::Kind(TargetKind::Server),
+    ),
+    (
+        Side::Federation,
+        "outgoing_bandwidth",
+        Per::Kind(TargetKind::Server),
+    ),
     (Side::Federation, "request", Per::Kind(TargetKind::Server)),
     (Side::Federation, "bandwidth", Per::Kind(TargetKind::Ip)),
 ];

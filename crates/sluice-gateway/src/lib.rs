@@ -60,13 +60,14 @@ mod clock;
 pub mod crc32c;
 mod listener;
 pub mod metrics;
+pub mod outgoing;
 pub mod proxy_protocol;
 mod relay;
 pub mod stream_header;
 pub mod tls_hello;
 
 pub use clock::TokioClock;
-pub use listener::{stream_error, Listener};
+pub use listener::{stream_error, stream_error_condition, Listener};
 pub use metrics::{AddressOnly, Close, Direction, ListenerMetrics, Refusal, Registry};
 pub use relay::ConnBudget;
 
@@ -81,6 +82,16 @@ pub enum GatewayError {
         /// What the OS said.
         #[source]
         source: std::io::Error,
+    },
+    /// An outgoing relay's resolver could not be set up (no usable
+    /// `/etc/resolv.conf` and no `resolver` configured).
+    #[error("gateway.tcp listen {listen}")]
+    Resolver {
+        /// The configured address.
+        listen: SocketAddr,
+        /// Why.
+        #[source]
+        source: outgoing::ResolverSetupError,
     },
 }
 

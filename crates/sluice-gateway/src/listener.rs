@@ -44,6 +44,7 @@ use tokio::time::{timeout, Instant};
 
 use crate::addr::{ClientAddr, PeerAddr, Resolved, TrustedProxies};
 use crate::metrics::{AddressOnly, Close, Direction, ListenerMetrics, Refusal};
+use crate::outgoing::{Destinations, ResolveError};
 use crate::proxy_protocol::{self, HeaderError, Parsed};
 use crate::relay::{Activity, ConnBudget, IpBudget, Pump, Stop};
 use crate::stream_header::{self, StreamHeader, StreamHeaderError};
@@ -54,6 +55,8 @@ use crate::GatewayError;
 struct Ctx {
     app: App,
     cfg: TcpGateway,
+    /// The outgoing relay's routes and resolver (`direction = "outgoing"`).
+    destinations: Option<Destinations>,
     metrics: Arc<ListenerMetrics>,
     cap: Arc<Semaphore>,
     base: Instant,
@@ -87,6 +90,13 @@ impl Listener {
             listen: cfg.listen,
             source,
         })?;
+        let destinations = match &cfg.outgoing {
+            None => None,
+            Some(o) => Some(Destinations::new(o).map_err(|source| GatewayError::Resolver {
+                listen: cfg.listen,
+                source,
+            })?),
+        };
         let metrics = Arc::new(ListenerMetrics::new(cfg.listen.to_string()));
         let cap = Arc::new(Semaphore::new(
             usize::try_from(cfg.max_connections).unwrap_or(Semaphore::MAX_PERMITS),
@@ -97,6 +107,7 @@ impl Listener {
             ctx: Arc::new(Ctx {
                 app: app.clone(),
                 cfg,
+                destinations,
                 metrics,
                 cap,
                 base: Instant::now(),
@@ -192,6 +203,9 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: PeerAddr) {
     } else {
         (Resolved::direct(peer, local), Vec::new())
     };
+    if ctx.destinations.is_some() {
+        return handle_outgoing(ctx, client, peer, early_data).await;
+    }
     let client_addr = resolved.client;
     let target = ctx
         .app
@@ -437,17 +451,37 @@ async fn relay(
         (Some(a), Some(b)) => Some(if a.burst() <= b.burst() { a } else { b }),
         (a, b) => a.or(b),
     };
+    let shared = per_ip.map(|r| {
+        (
+            IpBudget {
+                app: ctx.app.clone(),
+                side,
+                action: "bandwidth",
+                ip: Some(addr.ip()),
+                server,
+            },
+            r.burst(),
+        )
+    });
+    pump_both(ctx, client, upstream, per_conn, shared).await
+}
+
+/// Copies both ways, each direction the listener throttles under a budget
+/// of its own (`per_conn`) and the engine's shared one, until both finish,
+/// a ban stops them, or the idle timeout passes.
+async fn pump_both(
+    ctx: &Ctx,
+    client: TcpStream,
+    upstream: TcpStream,
+    per_conn: Option<sluice_core::Rate>,
+    shared: Option<(IpBudget, u64)>,
+) -> Close {
     let activity = Arc::new(Activity::new(ctx.base));
     let pump = |dir: Direction, on: bool| Pump {
         dir,
         conn: per_conn.filter(|_| on).map(|r| ConnBudget::new(r, ctx.base)),
-        ip: per_ip.filter(|_| on).map(|_| IpBudget {
-            app: ctx.app.clone(),
-            side,
-            ip: addr.ip(),
-            server: server.clone(),
-        }),
-        ip_burst: per_ip.filter(|_| on).map(|r| r.burst()),
+        ip: shared.as_ref().filter(|_| on).map(|(b, _)| b.clone()),
+        ip_burst: shared.as_ref().filter(|_| on).map(|(_, burst)| *burst),
         metrics: ctx.metrics.clone(),
         activity: activity.clone(),
     };
@@ -484,6 +518,17 @@ pub fn stream_error(side: Side, text: &str) -> Vec<u8> {
 /// name it gave, its namespace) — then `<policy-violation/>` with `text`,
 /// then the close of the stream.
 pub fn stream_error_reply(side: Side, header: Option<&StreamHeader>, text: &str) -> Vec<u8> {
+    stream_error_condition(side, header, "policy-violation", text)
+}
+
+/// [`stream_error_reply`] with another defined condition (RFC 6120
+/// §4.9.3), such as `remote-connection-failed` from the outgoing relay.
+pub fn stream_error_condition(
+    side: Side,
+    header: Option<&StreamHeader>,
+    condition: &str,
+    text: &str,
+) -> Vec<u8> {
     let default_ns = match side {
         Side::Client => "jabber:client",
         Side::Federation => "jabber:server",
@@ -504,7 +549,7 @@ pub fn stream_error_reply(side: Side, header: Option<&StreamHeader>, text: &str)
     }
     format!(
         "<?xml version='1.0'?><stream:stream xmlns='{ns}' xmlns:stream='http://etherx.jabber.org/streams'{attrs} version='1.0'>\
-         <stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+         <stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
          <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{}</text></stream:error></stream:stream>",
         escape(text)
     )
@@ -666,4 +711,206 @@ async fn send_stream_error(mut client: TcpStream, msg: Vec<u8>) {
         client.shutdown().await
     })
     .await;
+}
+
+/// The outgoing relay (`direction = "outgoing"`): our own server's s2s-out
+/// stream, relayed to the server its header names. In order, and nothing
+/// leaves for the destination before the last check has passed:
+///
+/// 1. the peer must be loopback or in `network.trusted_proxies` (the
+///    relay is no open relay), and the listener's cap must have room;
+/// 2. the stream header within `header_timeout`: `to` is the destination,
+///    `from` our vhost;
+/// 3. one all-or-nothing decision on `outgoing_connection` for
+///    `server:<to>`: bans and the blocklist, new connections per
+///    destination and globally, simultaneous connections per destination;
+/// 4. a static route, else DNS (SRV, then A/AAAA on 5269), without the
+///    denied networks; each address tried within `connect_timeout`;
+/// 5. the bytes read, then the relay under `outgoing_bandwidth`.
+///
+/// Every refusal after the header is answered with our stream header and
+/// `<remote-connection-failed/>`, so the local server bounces the stanzas
+/// it queued instead of retrying in a loop.
+async fn handle_outgoing(ctx: Arc<Ctx>, mut client: TcpStream, peer: PeerAddr, mut early: Vec<u8>) {
+    let Some(destinations) = ctx.destinations.as_ref() else {
+        return;
+    };
+    let ip = peer.0.ip().to_canonical();
+    let trusted = ip.is_loopback()
+        || ctx
+            .app
+            .config()
+            .network
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&ip));
+    if !trusted {
+        ctx.metrics.refuse(Refusal::RelayPeerUntrusted);
+        tracing::warn!(listen = %ctx.cfg.listen, peer = %ctx.app.privacy().show(&Target::Ip(ip.into())), "outgoing relay refused: the peer is neither loopback nor a trusted proxy");
+        return;
+    }
+    let Ok(permit) = ctx.cap.clone().try_acquire_owned() else {
+        ctx.metrics.refuse(Refusal::ListenerFull);
+        send_stream_error(
+            client,
+            stream_error(Side::Federation, refusal_text(Refusal::ListenerFull)),
+        )
+        .await;
+        return;
+    };
+    let header = match identify(&ctx, &mut client, &mut early).await {
+        Ok(Identity { header, .. }) => header,
+        Err((refusal, why)) => {
+            ctx.metrics.refuse(refusal);
+            tracing::info!(listen = %ctx.cfg.listen, reason = refusal.as_str(), "outgoing stream refused: {why}");
+            return;
+        }
+    };
+    let fail = |refusal: Refusal, text: String| {
+        ctx.metrics.refuse(refusal);
+        stream_error_condition(Side::Federation, Some(&header), "remote-connection-failed", &text)
+    };
+    let dest = header.to.as_deref().and_then(stream_header::domain);
+    let Some((dest, target)) = dest.and_then(|d| Target::server(&d).ok().map(|t| (d, t))) else {
+        let msg = fail(
+            Refusal::NoDestination,
+            "no destination: the stream header has no to".into(),
+        );
+        tracing::info!(listen = %ctx.cfg.listen, reason = Refusal::NoDestination.as_str(), "outgoing stream refused");
+        send_stream_error(client, msg).await;
+        return;
+    };
+    let vhost = header.from.clone().unwrap_or_default();
+    let guard = match admit_outgoing(&ctx, &target).await {
+        Ok(g) => g,
+        Err(refusal) => {
+            let text = match refusal {
+                Refusal::DestinationBanned => format!("server {dest} is banned here"),
+                Refusal::DestinationBlocked => format!("server {dest} is blocklisted here"),
+                Refusal::DestinationConnections => format!("too many connections to {dest}"),
+                Refusal::DestinationRate => format!("too many new connections to {dest}"),
+                Refusal::GlobalConnections | Refusal::GlobalRate => {
+                    "too many new outgoing connections".to_owned()
+                }
+                other => refusal_text(other).to_owned(),
+            };
+            tracing::info!(listen = %ctx.cfg.listen, from = %vhost, to = %dest, reason = refusal.as_str(), "outgoing stream refused");
+            send_stream_error(client, fail(refusal, text)).await;
+            return;
+        }
+    };
+    let candidates = match destinations.candidates(&dest).await {
+        Ok(c) => c,
+        Err(e) => {
+            let refusal = match e {
+                ResolveError::Denied { .. } => Refusal::DestinationDenied,
+                ResolveError::Unresolved { .. } | ResolveError::NoService { .. } => {
+                    Refusal::DestinationUnresolved
+                }
+            };
+            tracing::info!(listen = %ctx.cfg.listen, from = %vhost, to = %dest, reason = refusal.as_str(), "outgoing stream refused: {e}");
+            send_stream_error(client, fail(refusal, e.to_string())).await;
+            return;
+        }
+    };
+    let mut upstream = None;
+    let mut timed_out = false;
+    for addr in &candidates {
+        match timeout(ctx.cfg.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                upstream = Some(s);
+                break;
+            }
+            Ok(Err(e)) => tracing::debug!(to = %dest, %addr, "connect failed: {e}"),
+            Err(_) => timed_out = true,
+        }
+    }
+    let Some(mut upstream) = upstream else {
+        let refusal = if timed_out {
+            Refusal::UpstreamTimeout
+        } else {
+            Refusal::UpstreamUnreachable
+        };
+        tracing::warn!(listen = %ctx.cfg.listen, from = %vhost, to = %dest, tried = candidates.len(), reason = refusal.as_str(), "outgoing stream: no address of the destination answered");
+        send_stream_error(client, fail(refusal, format!("cannot connect to {dest}"))).await;
+        return;
+    };
+    let _ = upstream.set_nodelay(true);
+    if upstream.write_all(&early).await.is_err() {
+        ctx.metrics.refuse(Refusal::UpstreamUnreachable);
+        return;
+    }
+    ctx.metrics.accept();
+    ctx.metrics.add_bytes(Direction::In, early.len() as u64);
+    ctx.metrics.opened();
+    let mut open = Open {
+        metrics: ctx.metrics.clone(),
+        how: Close::Drain,
+    };
+    tracing::debug!(listen = %ctx.cfg.listen, from = %vhost, to = %dest, "outgoing stream relayed");
+    // Bytes to the destination, per destination and globally; the burst
+    // of the smallest bucket bounds each chunk.
+    let burst = ctx.app.engine().with_policy(|p| {
+        p.limits_for(Side::Federation, "outgoing_bandwidth")
+            .filter_map(|l| match l.kind {
+                sluice_core::LimitKind::Rate(r) => Some(r.burst()),
+                sluice_core::LimitKind::Concurrency(_) => None,
+            })
+            .min()
+    });
+    let shared = burst.map(|b| {
+        (
+            IpBudget {
+                app: ctx.app.clone(),
+                side: Side::Federation,
+                action: "outgoing_bandwidth",
+                ip: None,
+                server: Some(target.clone()),
+            },
+            b,
+        )
+    });
+    open.how = pump_both(&ctx, client, upstream, None, shared).await;
+    drop(guard);
+    drop(permit);
+}
+
+/// Step 3 of [`handle_outgoing`].
+async fn admit_outgoing(ctx: &Ctx, dest: &Target) -> Result<Option<Guard>, Refusal> {
+    let app = &ctx.app;
+    let req = Request {
+        side: Side::Federation,
+        action: "outgoing_connection",
+        targets: Targets {
+            server: Some(dest.clone()),
+            ..Targets::default()
+        },
+        cost: 1,
+    };
+    let targets = std::slice::from_ref(dest);
+    match app.acquire_guard_async(&req).await {
+        Ok(Ok(guard)) => {
+            app.observe(Side::Federation, "outgoing_connection", targets, guard.decision());
+            Ok(Some(guard))
+        }
+        Ok(Err(d)) if sluice_server::store_unavailable(&d) => Err(Refusal::StoreError),
+        Ok(Err(d)) => {
+            app.observe(Side::Federation, "outgoing_connection", targets, &d);
+            Err(match refusal_of(&d) {
+                Refusal::Banned => Refusal::DestinationBanned,
+                Refusal::Blocked => Refusal::DestinationBlocked,
+                Refusal::IpConnections => Refusal::DestinationConnections,
+                Refusal::IpRate => Refusal::DestinationRate,
+                other => other,
+            })
+        }
+        Err(e) => {
+            tracing::error!("outgoing connection decision failed: {e}");
+            if app.refuse_on_error(&e) {
+                Err(Refusal::StoreError)
+            } else {
+                Ok(None)
+            }
+        }
+    }
 }

@@ -56,11 +56,27 @@ pub enum Refusal {
     TlsHelloInvalid,
     /// No complete ClientHello within `header_timeout` (or the peer closed).
     TlsHelloTimeout,
+    /// The outgoing relay's destination server is banned.
+    DestinationBanned,
+    /// The outgoing relay's destination is on the blocklist.
+    DestinationBlocked,
+    /// Too many simultaneous outgoing connections to the destination.
+    DestinationConnections,
+    /// Too many new outgoing connections to the destination per period.
+    DestinationRate,
+    /// An outgoing stream without a `to`: nowhere to relay it.
+    NoDestination,
+    /// The destination has no address in routes or DNS (or says it has no XMPP service).
+    DestinationUnresolved,
+    /// The destination resolves only into denied networks (loopback, private, link-local, `deny_networks`).
+    DestinationDenied,
+    /// A peer that is neither loopback nor in `network.trusted_proxies` tried the outgoing relay.
+    RelayPeerUntrusted,
 }
 
 impl Refusal {
     /// Every reason, in label order.
-    pub const ALL: [Refusal; 23] = [
+    pub const ALL: [Refusal; 31] = [
         Refusal::Banned,
         Refusal::Blocked,
         Refusal::IpConnections,
@@ -84,6 +100,14 @@ impl Refusal {
         Refusal::StreamNameInvalid,
         Refusal::TlsHelloInvalid,
         Refusal::TlsHelloTimeout,
+        Refusal::DestinationBanned,
+        Refusal::DestinationBlocked,
+        Refusal::DestinationConnections,
+        Refusal::DestinationRate,
+        Refusal::NoDestination,
+        Refusal::DestinationUnresolved,
+        Refusal::DestinationDenied,
+        Refusal::RelayPeerUntrusted,
     ];
 
     /// The metric label.
@@ -112,6 +136,14 @@ impl Refusal {
             Refusal::StreamNameInvalid => "stream_name_invalid",
             Refusal::TlsHelloInvalid => "tls_hello_invalid",
             Refusal::TlsHelloTimeout => "tls_hello_timeout",
+            Refusal::DestinationBanned => "destination_banned",
+            Refusal::DestinationBlocked => "destination_blocked",
+            Refusal::DestinationConnections => "destination_connections",
+            Refusal::DestinationRate => "destination_rate",
+            Refusal::NoDestination => "no_destination",
+            Refusal::DestinationUnresolved => "destination_unresolved",
+            Refusal::DestinationDenied => "destination_denied",
+            Refusal::RelayPeerUntrusted => "relay_peer_untrusted",
         }
     }
 
@@ -132,6 +164,10 @@ impl Refusal {
                 | Refusal::ServerBlocked
                 | Refusal::ServerConnections
                 | Refusal::ServerRate
+                | Refusal::DestinationBanned
+                | Refusal::DestinationBlocked
+                | Refusal::DestinationConnections
+                | Refusal::DestinationRate
         )
     }
 }

@@ -61,13 +61,17 @@ impl ConnBudget {
     }
 }
 
-/// The engine's per-address `bandwidth` limit, shared by all connections of
-/// one address (and across instances with a shared store).
+/// The engine's byte limits shared by many connections (and across
+/// instances with a shared store): `bandwidth` per address (and server) on
+/// incoming listeners, `outgoing_bandwidth` per destination and globally on
+/// the outgoing relay.
 #[derive(Clone)]
 pub(crate) struct IpBudget {
     pub app: sluice_server::App,
     pub side: Side,
-    pub ip: IpAddr,
+    /// `bandwidth` or `outgoing_bandwidth`.
+    pub action: &'static str,
+    pub ip: Option<IpAddr>,
     /// The stream's server, for per-server `bandwidth` limits.
     pub server: Option<sluice_core::Target>,
 }
@@ -90,9 +94,9 @@ impl IpBudget {
             let cost = piece.min(left);
             let req = Request {
                 side: self.side,
-                action: "bandwidth",
+                action: self.action,
                 targets: Targets {
-                    ip: Some(self.ip),
+                    ip: self.ip,
                     server: self.server.clone(),
                     ..Targets::default()
                 },

@@ -1,5 +1,5 @@
-//! `[[gateway.tcp]]`: timeouts, the global cap, the stream error and which
-//! directions are throttled.
+//! `[[gateway.tcp]]`: timeouts, the global cap, the stream error, which
+//! directions are throttled, and an outgoing relay's routes and resolver.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,14 +7,131 @@ use std::time::Duration;
 use sluice_core::Side;
 use toml::Spanned;
 
+use sluice_core::target::normalize_server;
+
 use super::{span_of, Compiler, Result};
 use crate::raw::RawTcp;
-use crate::settings::{TcpGateway, TcpProtocol, Throttle};
+use crate::settings::{OutgoingRelay, TcpGateway, TcpProtocol, Throttle};
 
 /// Longest stream error text: it is sent to clients that may be anyone.
 const MAX_STREAM_ERROR: usize = 512;
 
 impl Compiler<'_> {
+    /// `host:port` with a valid host, as written.
+    fn host_port(&self, s: &Spanned<String>, key: &str) -> Result<String> {
+        let v = s.get_ref();
+        let has_port = v.rsplit_once(':').is_some_and(|(h, p)| {
+            !h.is_empty() && (!h.contains(':') || h.ends_with(']')) && p.parse::<u16>().is_ok_and(|p| p != 0)
+        });
+        if !has_port || normalize_server(v).is_none() {
+            return Err(self.err(
+                span_of(s),
+                format!("{key} must be host:port (e.g. \"127.0.0.1:5222\" or \"[::1]:5269\"), got {v:?}"),
+            ));
+        }
+        Ok(v.clone())
+    }
+
+    /// The upstream of an incoming listener; empty for an outgoing relay,
+    /// which has none.
+    pub(super) fn tcp_upstream(&self, whole: &Spanned<RawTcp>, r: &RawTcp) -> Result<String> {
+        let outgoing = match &r.direction {
+            None => false,
+            Some(d) => match d.get_ref().as_str() {
+                "incoming" => false,
+                "outgoing" => true,
+                other => {
+                    return Err(self.err(
+                        span_of(d),
+                        format!("unknown direction {other:?}: expected incoming or outgoing"),
+                    ))
+                }
+            },
+        };
+        match (&r.upstream, outgoing) {
+            (Some(u), false) => self.host_port(u, "upstream"),
+            (None, false) => Err(self.err(
+                span_of(whole),
+                "missing upstream (host:port), or direction = \"outgoing\" for an s2s-out relay",
+            )),
+            (Some(u), true) => Err(self.err(
+                span_of(u),
+                "an outgoing relay has no upstream: each stream's `to` is its destination, found in routes or through DNS",
+            )),
+            (None, true) => Ok(String::new()),
+        }
+    }
+
+    /// `direction = "outgoing"` and its keys; `None` for an incoming
+    /// listener, which may not use them.
+    fn outgoing_relay(
+        &self,
+        r: &RawTcp,
+        upstream: &str,
+        side: Side,
+        protocol: TcpProtocol,
+    ) -> Result<Option<OutgoingRelay>> {
+        if !upstream.is_empty() {
+            let stray = r
+                .routes
+                .as_ref()
+                .map(span_of)
+                .or(r.resolver.as_ref().map(span_of))
+                .or(r.deny_networks.first().map(span_of))
+                .or(r.allow_networks.first().map(span_of));
+            if let Some(span) = stray {
+                return Err(self.err(
+                    span,
+                    "routes, resolver, deny_networks and allow_networks need direction = \"outgoing\"",
+                ));
+            }
+            return Ok(None);
+        }
+        let at = r.direction.as_ref().map(span_of).unwrap_or_default();
+        if protocol != TcpProtocol::Xmpp || side != Side::Federation {
+            return Err(self.err(
+                at,
+                "direction = \"outgoing\" needs protocol = \"xmpp\" and side = \"federation\": the relay reads each stream's destination from its header",
+            ));
+        }
+        if let Some(b) = r.direct_tls.as_ref().filter(|b| *b.get_ref()) {
+            return Err(self.err(
+                span_of(b),
+                "an outgoing relay reads the stream header: direct_tls is not supported",
+            ));
+        }
+        if r.send_proxy.is_some() {
+            return Err(self.err(
+                at,
+                "an outgoing relay sends no PROXY header: remote servers do not trust us",
+            ));
+        }
+        let mut routes = std::collections::BTreeMap::new();
+        if let Some(table) = &r.routes {
+            for (domain, to) in table.get_ref() {
+                let Some(d) = normalize_server(domain).filter(|d| !d.contains(':')) else {
+                    return Err(self.err(span_of(to), format!("route {domain:?}: not a domain")));
+                };
+                routes.insert(d, self.host_port(to, "a route")?);
+            }
+        }
+        let resolver = match &r.resolver {
+            None => None,
+            Some(s) => Some(s.get_ref().parse().map_err(|_| {
+                self.err(
+                    span_of(s),
+                    "resolver must be ip:port of a DNS server (e.g. \"127.0.0.1:53\")",
+                )
+            })?),
+        };
+        Ok(Some(OutgoingRelay {
+            routes,
+            resolver,
+            deny_networks: self.networks(&r.deny_networks)?,
+            allow_networks: self.networks(&r.allow_networks)?,
+        }))
+    }
+
     pub(super) fn tcp_gateway(
         &self,
         r: &RawTcp,
@@ -118,6 +235,7 @@ impl Compiler<'_> {
             }
             Some(b) => *b.get_ref(),
         };
+        let outgoing = self.outgoing_relay(r, &upstream, side, protocol)?;
         Ok(TcpGateway {
             listen,
             upstream,
@@ -133,6 +251,7 @@ impl Compiler<'_> {
             throttle,
             protocol,
             direct_tls,
+            outgoing,
         })
     }
 }
@@ -187,6 +306,56 @@ mod tests {
         assert!(g.direct_tls);
         err_at("protocol = \"jabber\"\n", 5, 12, "expected tcp or xmpp");
         err_at("direct_tls = true\n", 5, 14, "needs protocol = \"xmpp\"");
+    }
+
+    #[test]
+    fn outgoing_relays() {
+        let head =
+            "[[gateway.tcp]]\nlisten = \"127.0.0.1:15269\"\nside = \"federation\"\nprotocol = \"xmpp\"\n";
+        let ok = format!(
+            "{head}direction = \"outgoing\"\nroutes = {{ \"B.Example\" = \"127.0.0.1:5269\" }}\n\
+             resolver = \"127.0.0.1:5353\"\ndeny_networks = [\"192.0.2.0/24\"]\nallow_networks = [\"10.1.0.0/16\"]\n"
+        );
+        let c = parse(&ok, "t.toml").expect("valid");
+        let o = c.gateway.tcp[0].outgoing.as_ref().expect("outgoing");
+        assert_eq!(
+            o.routes.get("b.example").map(String::as_str),
+            Some("127.0.0.1:5269")
+        );
+        assert_eq!(o.resolver, Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(o.deny_networks.len(), 1);
+        assert_eq!(o.allow_networks.len(), 1);
+        assert!(c.gateway.tcp[0].upstream.is_empty());
+        let bad = |body: &str, needle: &str| match parse(&format!("{head}{body}"), "t.toml") {
+            Err(ConfigError::Invalid { message, .. }) => assert!(message.contains(needle), "{message}"),
+            other => panic!("{body}: {other:?}"),
+        };
+        bad("direction = \"out\"\n", "expected incoming or outgoing");
+        bad("\n", "missing upstream");
+        bad(
+            "direction = \"outgoing\"\nupstream = \"a:1\"\n",
+            "has no upstream",
+        );
+        bad(
+            "direction = \"outgoing\"\nroutes = { \"b\" = \"nowhere\" }\n",
+            "host:port",
+        );
+        bad("direction = \"outgoing\"\nresolver = \"dns\"\n", "ip:port");
+        bad(
+            "direction = \"outgoing\"\nsend_proxy = \"v2\"\n",
+            "no PROXY header",
+        );
+        bad("upstream = \"a:1\"\nroutes = {}\n", "need direction");
+        let client = "[[gateway.tcp]]\nlisten = \"127.0.0.1:15269\"\nside = \"client\"\nprotocol = \"xmpp\"\ndirection = \"outgoing\"\n";
+        match parse(client, "t.toml") {
+            Err(ConfigError::Invalid {
+                line, col, message, ..
+            }) => {
+                assert_eq!((line, col), (5, 13));
+                assert!(message.contains("side = \"federation\""), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -67,6 +67,34 @@ pub async fn start(upstream: SocketAddr, listener: &str, rest: &str) -> Gw {
     }
 }
 
+/// Starts the gateways of a whole configuration `text` (with `[server]`
+/// filled in) on tokio's clock; the first listener's address and counters.
+pub async fn start_text(text: &str) -> Gw {
+    let state = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n\n{text}",
+        state.path().display().to_string()
+    );
+    let config = match sluice_config::parse(&text, "test.toml") {
+        Ok(c) => c,
+        Err(e) => panic!("{e}\n{text}"),
+    };
+    let tcp = config.gateway.tcp.clone();
+    let app = App::with_clock(config, Arc::new(TokioClock::new())).expect("app");
+    let gws = Gateways::bind(&app, &tcp).await.expect("bind");
+    let addr = gws.local_addrs()[0];
+    let metrics = gws.metrics()[0].clone();
+    let gateways_registry = gws.registry();
+    gws.spawn(&app);
+    Gw {
+        app,
+        addr,
+        metrics,
+        gateways_registry,
+        _state: state,
+    }
+}
+
 /// What the upstream saw on one connection.
 #[derive(Debug, Clone, Default)]
 pub struct Seen {
