@@ -65,6 +65,9 @@ pub(crate) struct Inner {
     pub admin_token: ArcSwap<Option<String>>,
     /// The blocklist sources and their state.
     pub lists: crate::lists::Lists,
+    /// Notified when a reload may have changed the sources (the fetchers
+    /// restart those that changed).
+    pub lists_changed: Notify,
 }
 
 /// Writes extra Prometheus families (a gateway's counters) at scrape time.
@@ -153,6 +156,7 @@ impl App {
                 tasks: std::sync::Mutex::new(Vec::new()),
                 admin_token: ArcSwap::from_pointee(admin_token),
                 lists,
+                lists_changed: Notify::new(),
             }),
         };
         app.restore_bans();
@@ -285,12 +289,16 @@ impl App {
         self.inner
             .engine
             .set_blocklists(self.inner.lists.load(&new.blocklist, None));
+        let lists_changed = new.blocklist != old.blocklist;
         self.inner.metrics.update(&new.policy);
         self.inner
             .privacy
             .store(Arc::new(self.privacy().with_log_ips(new.privacy.log_ips)));
         self.inner.admin_token.store(Arc::new(token));
         self.inner.config.store(Arc::new(new));
+        if lists_changed {
+            self.inner.lists_changed.notify_one();
+        }
         tracing::warn!(file = %path.display(), "configuration reloaded");
         Ok(())
     }

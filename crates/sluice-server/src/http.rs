@@ -831,13 +831,11 @@ fn unix_secs(t: Option<std::time::SystemTime>) -> Option<u64> {
 
 async fn admin_blocklist_status(State(app): State<App>) -> Response {
     let cfg = app.config();
-    let now = std::time::SystemTime::now();
     let sources: Vec<Value> = app
         .lists()
         .status(&cfg.blocklist)
         .iter()
         .map(|s| {
-            let age = s.last_success.and_then(|t| now.duration_since(t).ok());
             json!({
                 "name": s.config.name,
                 "format": s.config.format.as_str(),
@@ -846,7 +844,9 @@ async fn admin_blocklist_status(State(app): State<App>) -> Response {
                 "bytes": s.set.as_ref().map_or(0, |x| x.bytes()),
                 "last_success": unix_secs(s.last_success),
                 "last_error": s.last_error,
-                "stale": age.is_none_or(|a| a > s.config.stale_after),
+                "stale": s.stale(),
+                "dropped": s.dropped,
+                "fetches": s.fetches,
                 "denied": s.stats.denied(),
                 "shadowed": s.stats.shadowed(),
             })
@@ -881,9 +881,7 @@ async fn admin_blocklist_refresh(State(app): State<App>, body: Body) -> Response
             return bad(&app, FieldError::new("name", format!("no source named {n:?}")));
         }
     }
-    let app2 = app.clone();
-    let n2 = name.clone();
-    let _ = tokio::task::spawn_blocking(move || app2.refresh_lists(n2.as_deref())).await;
+    app.refresh_now(name.as_deref()).await;
     admin_blocklist_status(State(app)).await
 }
 
