@@ -361,7 +361,20 @@ impl App {
             let privacy = self.privacy();
             let shown: Vec<String> = targets.iter().map(|t| privacy.show(t)).collect();
             let fired: Vec<&str> = d.fired().map(|l| l.name).collect();
-            tracing::info!(side = %side, action, targets = ?shown, limits = ?fired, reason = ?reason_str(d), "denied");
+            match &d.reason {
+                sluice_core::Reason::Blocked(b) if b.list.is_some() => {
+                    let hit = b.list.as_ref().expect("matched just above");
+                    tracing::info!(
+                        side = %side, action, targets = ?shown, reason = "blocked",
+                        source = %hit.source, entry = %shown_entry(&privacy, hit),
+                        list_reason = hit.reason.as_deref().unwrap_or(""),
+                        "denied: listed"
+                    );
+                }
+                _ => {
+                    tracing::info!(side = %side, action, targets = ?shown, limits = ?fired, reason = ?reason_str(d), "denied")
+                }
+            }
         }
         if let Some(ban) = &d.banned {
             self.inner
@@ -479,6 +492,19 @@ impl App {
             .map(|b| b.target)
             .find(|t| privacy.matches(label, t))
     }
+}
+
+/// A list entry as logs show it: an entry naming one address (a /32 or
+/// /128) is the client's own address, so it goes through [`Privacy`] like
+/// the target; networks, names and digests are the publisher's, shown as
+/// they are.
+pub(crate) fn shown_entry(privacy: &Privacy, hit: &sluice_core::blocklist::ListHit) -> String {
+    if let Ok(net) = hit.entry.parse::<ipnet::IpNet>() {
+        if net.prefix_len() == net.max_prefix_len() {
+            return privacy.show(&Target::Ip(net));
+        }
+    }
+    hit.entry.clone()
 }
 
 pub(crate) fn reason_str(d: &Decision) -> &'static str {

@@ -288,6 +288,7 @@ impl Lists {
                         st.last_error = None;
                         st.parsed = Some(parsed);
                         st.dropped = false;
+                        st.count("ok");
                         match &c.location {
                             // A cached body is as fresh as its fetch was.
                             SourceLocation::Url(url) => {
@@ -304,6 +305,7 @@ impl Lists {
                     }
                     Err(e) => {
                         tracing::warn!(source = %c.name, "blocklist not loaded, the last good set stays: {e}");
+                        st.count(e.kind());
                         st.last_error = Some(e.to_string());
                     }
                 }
@@ -439,6 +441,98 @@ impl Lists {
             }
         }
         out
+    }
+
+    /// The per-source Prometheus families: entries, last success, fetch
+    /// results by kind, matches by action, stale.
+    pub fn render_metrics(&self, cfg: &BlocklistConfig, out: &mut String) {
+        use std::fmt::Write as _;
+        let all = self.status(cfg);
+        if all.is_empty() {
+            return;
+        }
+        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        family(
+            out,
+            "sluice_blocklist_entries",
+            "gauge",
+            "Entries of each source's set in force (0 when none, or dropped as stale).",
+        );
+        for s in &all {
+            let n = if s.dropped {
+                0
+            } else {
+                s.set.as_ref().map_or(0, |x| x.len())
+            };
+            let _ = writeln!(
+                out,
+                "sluice_blocklist_entries{{source=\"{}\"}} {n}",
+                s.config.name
+            );
+        }
+        family(
+            out,
+            "sluice_blocklist_last_success_timestamp_seconds",
+            "gauge",
+            "When each source was last refreshed (a body taken, or a 304), Unix time; 0 never.",
+        );
+        for s in &all {
+            let t = s
+                .last_success
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            let _ = writeln!(
+                out,
+                "sluice_blocklist_last_success_timestamp_seconds{{source=\"{}\"}} {t}",
+                s.config.name
+            );
+        }
+        family(
+            out,
+            "sluice_blocklist_stale",
+            "gauge",
+            "1 when a source was not refreshed within its stale_after.",
+        );
+        for s in &all {
+            let _ = writeln!(
+                out,
+                "sluice_blocklist_stale{{source=\"{}\"}} {}",
+                s.config.name,
+                u8::from(s.stale())
+            );
+        }
+        family(
+            out,
+            "sluice_blocklist_fetches_total",
+            "counter",
+            "Refresh results by kind: ok, not_modified, or why nothing was taken.",
+        );
+        for s in &all {
+            for (kind, n) in &s.fetches {
+                let _ = writeln!(
+                    out,
+                    "sluice_blocklist_fetches_total{{source=\"{}\",result=\"{kind}\"}} {n}",
+                    s.config.name
+                );
+            }
+        }
+        family(
+            out,
+            "sluice_blocklist_matches_total",
+            "counter",
+            "Decisions a source's hit decided, by the source's action.",
+        );
+        for s in &all {
+            for (action, n) in [("deny", s.stats.denied()), ("shadow", s.stats.shadowed())] {
+                let _ = writeln!(
+                    out,
+                    "sluice_blocklist_matches_total{{source=\"{}\",action=\"{action}\"}} {n}",
+                    s.config.name
+                );
+            }
+        }
     }
 
     /// One source's state.
