@@ -65,6 +65,9 @@ pub(crate) struct Inner {
     pub admin_token: ArcSwap<Option<String>>,
     /// The blocklist sources and their state.
     pub lists: crate::lists::Lists,
+    /// Notified when a reload may have changed the sources (the fetchers
+    /// restart those that changed).
+    pub lists_changed: Notify,
 }
 
 /// Writes extra Prometheus families (a gateway's counters) at scrape time.
@@ -153,6 +156,7 @@ impl App {
                 tasks: std::sync::Mutex::new(Vec::new()),
                 admin_token: ArcSwap::from_pointee(admin_token),
                 lists,
+                lists_changed: Notify::new(),
             }),
         };
         app.restore_bans();
@@ -285,12 +289,16 @@ impl App {
         self.inner
             .engine
             .set_blocklists(self.inner.lists.load(&new.blocklist, None));
+        let lists_changed = new.blocklist != old.blocklist;
         self.inner.metrics.update(&new.policy);
         self.inner
             .privacy
             .store(Arc::new(self.privacy().with_log_ips(new.privacy.log_ips)));
         self.inner.admin_token.store(Arc::new(token));
         self.inner.config.store(Arc::new(new));
+        if lists_changed {
+            self.inner.lists_changed.notify_one();
+        }
         tracing::warn!(file = %path.display(), "configuration reloaded");
         Ok(())
     }
@@ -353,7 +361,20 @@ impl App {
             let privacy = self.privacy();
             let shown: Vec<String> = targets.iter().map(|t| privacy.show(t)).collect();
             let fired: Vec<&str> = d.fired().map(|l| l.name).collect();
-            tracing::info!(side = %side, action, targets = ?shown, limits = ?fired, reason = ?reason_str(d), "denied");
+            match &d.reason {
+                sluice_core::Reason::Blocked(b) if b.list.is_some() => {
+                    let hit = b.list.as_ref().expect("matched just above");
+                    tracing::info!(
+                        side = %side, action, targets = ?shown, reason = "blocked",
+                        source = %hit.source, entry = %shown_entry(&privacy, hit),
+                        list_reason = hit.reason.as_deref().unwrap_or(""),
+                        "denied: listed"
+                    );
+                }
+                _ => {
+                    tracing::info!(side = %side, action, targets = ?shown, limits = ?fired, reason = ?reason_str(d), "denied")
+                }
+            }
         }
         if let Some(ban) = &d.banned {
             self.inner
@@ -471,6 +492,19 @@ impl App {
             .map(|b| b.target)
             .find(|t| privacy.matches(label, t))
     }
+}
+
+/// A list entry as logs show it: an entry naming one address (a /32 or
+/// /128) is the client's own address, so it goes through [`Privacy`] like
+/// the target; networks, names and digests are the publisher's, shown as
+/// they are.
+pub(crate) fn shown_entry(privacy: &Privacy, hit: &sluice_core::blocklist::ListHit) -> String {
+    if let Ok(net) = hit.entry.parse::<ipnet::IpNet>() {
+        if net.prefix_len() == net.max_prefix_len() {
+            return privacy.show(&Target::Ip(net));
+        }
+    }
+    hit.entry.clone()
 }
 
 pub(crate) fn reason_str(d: &Decision) -> &'static str {

@@ -173,12 +173,35 @@ struct BanOut<'a> {
     reason: &'a str,
 }
 
+/// Which list refused a request (`/v1/check`'s `blocklist`, present
+/// when `reason` is `blocked` by a source).
+#[derive(Serialize)]
+struct ListOut<'a> {
+    source: &'a str,
+    entry: &'a str,
+    reason: Option<&'a str>,
+    action: &'static str,
+}
+
+impl<'a> From<&'a sluice_core::blocklist::ListHit> for ListOut<'a> {
+    fn from(h: &'a sluice_core::blocklist::ListHit) -> Self {
+        Self {
+            source: &h.source,
+            entry: &h.entry,
+            reason: h.reason.as_deref(),
+            action: h.action.as_str(),
+        }
+    }
+}
+
 /// The body of `/v1/check`.
 #[derive(Serialize)]
 struct CheckOut<'a> {
     allowed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     ban: Option<BanOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blocklist: Option<ListOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<&'a str>,
     limits: LimitsOut<'a>,
@@ -199,9 +222,14 @@ impl<'a> From<&'a Decision> for CheckOut<'a> {
             ),
             _ => (None, None),
         };
+        let blocklist = match &d.reason {
+            Reason::Blocked(b) => b.list.as_ref().map(ListOut::from),
+            _ => None,
+        };
         Self {
             allowed: d.allowed,
             ban,
+            blocklist,
             limit,
             limits: LimitsOut(&d.limits),
             reason: reason_str(d),
@@ -505,6 +533,7 @@ async fn healthz() -> &'static str {
 async fn metrics(State(app): State<App>) -> Response {
     crate::backend::refresh_gauges(&app).await;
     let mut text = app.inner.metrics.render(app.gauges());
+    app.lists().render_metrics(&app.config().blocklist, &mut text);
     app.render_extra_metrics(&mut text);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
@@ -641,6 +670,7 @@ async fn admin_inspect(State(app): State<App>, path: Result<Path<String>, PathRe
         Err(e) => return engine_error(&app, e),
     };
     let ban = app.engine().bans().find(&t, app.now());
+    let lists = app.engine().blocklists();
     let held: Vec<Value> = limits
         .iter()
         .map(|l| {
@@ -654,6 +684,10 @@ async fn admin_inspect(State(app): State<App>, path: Result<Path<String>, PathRe
         "target": app.privacy().show(&t),
         "exempt": policy.is_exempt(&t),
         "blocked": policy.blocked(&t).is_some(),
+        "blocklist": {
+            "matches": lists.matches(None, &t).iter().map(hit_json).collect::<Vec<_>>(),
+            "excepted": lists.except().covers(&t),
+        },
         "ban": ban.as_ref().map(|b| ban_json(&app, b)),
         "limits": held,
     }))
@@ -831,13 +865,11 @@ fn unix_secs(t: Option<std::time::SystemTime>) -> Option<u64> {
 
 async fn admin_blocklist_status(State(app): State<App>) -> Response {
     let cfg = app.config();
-    let now = std::time::SystemTime::now();
     let sources: Vec<Value> = app
         .lists()
         .status(&cfg.blocklist)
         .iter()
         .map(|s| {
-            let age = s.last_success.and_then(|t| now.duration_since(t).ok());
             json!({
                 "name": s.config.name,
                 "format": s.config.format.as_str(),
@@ -846,7 +878,9 @@ async fn admin_blocklist_status(State(app): State<App>) -> Response {
                 "bytes": s.set.as_ref().map_or(0, |x| x.bytes()),
                 "last_success": unix_secs(s.last_success),
                 "last_error": s.last_error,
-                "stale": age.is_none_or(|a| a > s.config.stale_after),
+                "stale": s.stale(),
+                "dropped": s.dropped,
+                "fetches": s.fetches,
                 "denied": s.stats.denied(),
                 "shadowed": s.stats.shadowed(),
             })
@@ -881,9 +915,7 @@ async fn admin_blocklist_refresh(State(app): State<App>, body: Body) -> Response
             return bad(&app, FieldError::new("name", format!("no source named {n:?}")));
         }
     }
-    let app2 = app.clone();
-    let n2 = name.clone();
-    let _ = tokio::task::spawn_blocking(move || app2.refresh_lists(n2.as_deref())).await;
+    app.refresh_now(name.as_deref()).await;
     admin_blocklist_status(State(app)).await
 }
 

@@ -20,12 +20,14 @@
 
 mod app;
 mod backend;
+pub mod fetch;
 mod http;
 pub mod input;
 pub mod lists;
 mod metrics;
 pub mod persist;
 pub mod privacy;
+pub mod refresh;
 mod serve;
 pub mod top;
 

@@ -42,6 +42,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let persist = tokio::spawn(app.clone().persist_loop());
+    let fetchers = tokio::spawn(app.clone().run_fetchers());
     let router = crate::http::router(app.clone());
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -100,6 +101,7 @@ pub async fn serve(
     // the runtime (and those releases with it) ends.
     crate::backend::settle(&app).await;
     persist.abort();
+    fetchers.abort();
     app.flush_bans()?;
     result
 }

@@ -4,6 +4,8 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod common;
+
 use sluice_core::{Reason, Request, Target};
 use sluice_server::App;
 
@@ -92,4 +94,54 @@ fn refused_bodies_keep_the_last_good_set_and_reloads_keep_unchanged_sources() {
             .unwrap()
             .allowed
     );
+}
+
+/// A decision refused by a list names the source, the entry and the list's
+/// reason in `/v1/check` (the contract fields unchanged), in the admin
+/// inspect answer, and the per-source metrics count it.
+#[test]
+fn a_listed_target_is_explained_in_the_answer_inspect_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spam.txt"), "spam.example\n").unwrap();
+    let text = format!(
+        "[server]\nstate_dir = {:?}\n\n[[blocklist.source]]\nname = \"jabberspam\"\npath = {:?}\nformat = \"domains\"\nmatch = \"subdomains\"\nreason = \"open registration, spam\"\n",
+        dir.path().display().to_string(),
+        dir.path().join("spam.txt").display().to_string(),
+    );
+    let server = common::Server::start(dir.path(), &text);
+    let v = server.check(
+        r#"{"action": "transaction", "side": "federation", "targets": {"server": "xmpp.spam.example"}}"#,
+    );
+    assert_eq!(v["allowed"], false);
+    assert_eq!(v["reason"], "blocked");
+    assert!(v["retry_after_ms"].as_u64().unwrap() > 0);
+    assert!(v["limits"].is_array());
+    assert_eq!(
+        v["blocklist"],
+        serde_json::json!({"source": "jabberspam", "entry": "spam.example", "reason": "open registration, spam", "action": "deny"})
+    );
+    // Not listed: no field at all.
+    let ok = server
+        .check(r#"{"action": "transaction", "side": "federation", "targets": {"server": "example.org"}}"#);
+    assert_eq!(ok["reason"], "allowed");
+    assert!(ok.get("blocklist").is_none());
+
+    let (status, r) = server.get("/v1/admin/targets/server:a.spam.example");
+    assert_eq!(status, 200);
+    let m = &r.json()["blocklist"]["matches"][0];
+    assert_eq!(
+        (m["source"].as_str(), m["entry"].as_str()),
+        (Some("jabberspam"), Some("spam.example"))
+    );
+
+    let (_, metrics) = server.get("/metrics");
+    for line in [
+        "sluice_blocklist_entries{source=\"jabberspam\"} 1",
+        "sluice_blocklist_matches_total{source=\"jabberspam\",action=\"deny\"} 1",
+        "sluice_blocklist_stale{source=\"jabberspam\"} 0",
+        "sluice_blocklist_fetches_total{source=\"jabberspam\",result=\"ok\"}",
+    ] {
+        assert!(metrics.text.contains(line), "{line} in\n{}", metrics.text);
+    }
+    server.stop();
 }

@@ -347,4 +347,18 @@ proptest! {
             prop_assert_eq!(got, naive_suffix(&entries, m, p), "{}", p);
         }
     }
+
+    /// What the fuzz target `blocklist_source` does, on stable: any body,
+    /// any format, never a panic.
+    #[test]
+    fn any_body_in_any_format_parses_or_is_refused(
+        f in 0usize..5,
+        body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+        text in "[ -~\n]{0,256}",
+    ) {
+        use super::parse::{source, ListFormat::*};
+        let format = [Domains, Cidr, SpamhausJson, Sha256, MatrixPolicy][f];
+        let _ = source("fuzz", format, &body);
+        let _ = source("fuzz", format, text.as_bytes());
+    }
 }

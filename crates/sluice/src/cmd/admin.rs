@@ -90,6 +90,27 @@ impl Client {
                 text(&v["exempt"]),
                 text(&v["blocked"])
             );
+            let hits = v["blocklist"]["matches"].as_array().cloned().unwrap_or_default();
+            if hits.is_empty() {
+                out += "listed   no\n";
+            }
+            for h in hits {
+                out += &format!(
+                    "listed   {} ({}) entry {}{}{}\n",
+                    text(&h["source"]),
+                    text(&h["action"]),
+                    text(&h["entry"]),
+                    h["reason"]
+                        .as_str()
+                        .map(|r| format!(", reason {r:?}"))
+                        .unwrap_or_default(),
+                    if v["blocklist"]["excepted"].as_bool() == Some(true) {
+                        " (excepted)"
+                    } else {
+                        ""
+                    },
+                );
+            }
             match &v["ban"] {
                 Value::Null => out += "ban      none\n",
                 b => {
