@@ -7,23 +7,13 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Duration;
 
 use serde_json::Value;
 
-fn env(name: &str) -> Option<String> {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            assert!(
-                std::env::var("SLUICE_TEST_STRICT").as_deref() != Ok("1"),
-                "{name} is not set (scripts/services/synapse.sh starts Synapse)"
-            );
-            eprintln!("skipping: {name} not set");
-            None
-        }
-    }
-}
+use common::service_env as env;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synapse_behind_sluice_with_matrix_nio() {

@@ -22,6 +22,8 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,19 +35,7 @@ use sluice_config::HttpProtocol;
 use sluice_http_gateway::route::classify;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn env(name: &str) -> Option<String> {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            assert!(
-                std::env::var("SLUICE_TEST_STRICT").as_deref() != Ok("1"),
-                "{name} is not set (scripts/services/synapse.sh starts Synapse)"
-            );
-            eprintln!("skipping: {name} not set");
-            None
-        }
-    }
-}
+use common::service_env as env;
 
 /// Which sluice action each Synapse servlet is, by method and by what its
 /// path captured. This is the table docs/gateway-http.md prints; every

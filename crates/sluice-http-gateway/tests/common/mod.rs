@@ -487,3 +487,20 @@ impl Harness {
 /// so `X-Forwarded-For` picks each test's client address; connection
 /// limits off (one test opens many).
 pub const TRUSTING: &str = "[network]\ntrusted_proxies = [\"127.0.0.1/32\"]\n";
+
+/// A service variable set by scripts/services/*.sh: `None` (the test skips)
+/// when missing, except under `SLUICE_TEST_STRICT=1` (scripts/test), where a
+/// missing service fails the test instead of hiding it.
+pub fn service_env(name: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            assert!(
+                std::env::var("SLUICE_TEST_STRICT").as_deref() != Ok("1"),
+                "{name} is not set (scripts/services/synapse.sh starts Synapse)"
+            );
+            eprintln!("skipping: {name} not set");
+            None
+        }
+    }
+}
