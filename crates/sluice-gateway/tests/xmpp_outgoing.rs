@@ -113,25 +113,13 @@ async fn new_outgoing_connections_are_capped_per_destination() {
     drop(other);
     drop(first);
     // Once closed, the cap has room; the rate (2 per hour) then holds.
-    let mut second = None;
-    for _ in 0..50 {
-        if let Some(s) = open(gw.addr, "b.example").await {
-            second = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // (Waiting for the relay's teardown, an event in another task.)
+    assert!(eventually(|| gw.metrics.open() == 0).await);
+    let second = open(gw.addr, "b.example").await;
     drop(second.expect("second relayed once the first closed"));
-    let mut rate_refused = false;
-    for _ in 0..50 {
-        let text = refused(gw.addr, Some("b.example")).await;
-        if text.contains("too many new connections to b.example") {
-            rate_refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(rate_refused);
+    assert!(eventually(|| gw.metrics.open() == 0).await);
+    let text = refused(gw.addr, Some("b.example")).await;
+    assert!(text.contains("too many new connections to b.example"), "{text}");
     assert!(gw.metrics.refused(Refusal::DestinationRate) >= 1);
 }
 
