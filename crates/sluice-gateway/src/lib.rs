@@ -61,6 +61,7 @@ pub mod crc32c;
 mod listener;
 pub mod metrics;
 pub mod outgoing;
+mod prefix;
 pub mod proxy_protocol;
 mod relay;
 pub mod stream_header;

@@ -36,7 +36,7 @@ use quick_xml::errors::{Error as XmlError, SyntaxError};
 use quick_xml::events::Event;
 use quick_xml::name::{Namespace, ResolveResult};
 use quick_xml::NsReader;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 
 /// The stream namespace (RFC 6120 §4.8.1).
 pub const STREAMS_NS: &str = "http://etherx.jabber.org/streams";
@@ -200,24 +200,17 @@ pub async fn read<R: AsyncRead + Unpin>(
     buf: &mut Vec<u8>,
     limit: Duration,
 ) -> Result<StreamHeader, ReadError> {
-    let work = async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            if let Parsed::Complete(h) = parse(buf)? {
-                return Ok(h);
-            }
-            // Never past the bound: the last read is cut to what is left.
-            let room = (MAX_HEADER - buf.len()).min(chunk.len());
-            let n = r.read(&mut chunk[..room]).await.map_err(|_| ReadError::Closed)?;
-            if n == 0 {
-                return Err(ReadError::Closed);
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    };
-    tokio::time::timeout(limit, work)
-        .await
-        .unwrap_or(Err(ReadError::Timeout(limit)))
+    let parsed = crate::prefix::read(r, buf, MAX_HEADER, limit, |b| {
+        Ok(match parse(b)? {
+            Parsed::Complete(h) => Some(h),
+            _ => None,
+        })
+    });
+    parsed.await.map_err(|e| match e {
+        crate::prefix::Stop::Parse(e) => ReadError::Header(e),
+        crate::prefix::Stop::Timeout => ReadError::Timeout(limit),
+        crate::prefix::Stop::Closed => ReadError::Closed,
+    })
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 
 /// Most bytes read while looking for the ClientHello. Hellos with
 /// post-quantum key shares are about 1.8 KiB; 16 KiB is the largest single
@@ -109,21 +109,15 @@ pub async fn read<R: AsyncRead + Unpin>(
     buf: &mut Vec<u8>,
     limit: Duration,
 ) -> Result<Option<String>, ReadError> {
-    let work = async {
-        let mut chunk = [0u8; 2048];
-        loop {
-            if let Hello::Complete { sni } = parse(buf)? {
-                return Ok(sni);
-            }
-            let room = (MAX_HELLO - buf.len()).min(chunk.len());
-            let n = r.read(&mut chunk[..room]).await.map_err(|_| ReadError::Closed)?;
-            if n == 0 {
-                return Err(ReadError::Closed);
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    };
-    tokio::time::timeout(limit, work)
-        .await
-        .unwrap_or(Err(ReadError::Timeout(limit)))
+    let parsed = crate::prefix::read(r, buf, MAX_HELLO, limit, |b| {
+        Ok(match parse(b)? {
+            Hello::Complete { sni } => Some(sni),
+            _ => None,
+        })
+    });
+    parsed.await.map_err(|e| match e {
+        crate::prefix::Stop::Parse(e) => ReadError::Hello(e),
+        crate::prefix::Stop::Timeout => ReadError::Timeout(limit),
+        crate::prefix::Stop::Closed => ReadError::Closed,
+    })
 }
