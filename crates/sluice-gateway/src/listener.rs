@@ -184,6 +184,23 @@ impl Drop for Open {
     }
 }
 
+/// Writes `first` (a PROXY header if any, then the `early` bytes already
+/// read from the client) to the upstream and counts the connection as
+/// proxied from then on; `None`, counted, when the upstream is gone.
+async fn hand_on(ctx: &Ctx, upstream: &mut TcpStream, first: &[u8], early: usize) -> Option<Open> {
+    if !first.is_empty() && upstream.write_all(first).await.is_err() {
+        ctx.metrics.refuse(Refusal::UpstreamUnreachable);
+        return None;
+    }
+    ctx.metrics.accept();
+    ctx.metrics.add_bytes(Direction::In, early as u64);
+    ctx.metrics.opened();
+    Some(Open {
+        metrics: ctx.metrics.clone(),
+        how: Close::Drain,
+    })
+}
+
 async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: PeerAddr) {
     let _ = client.set_nodelay(true);
     let Ok(local) = client.local_addr() else { return };
@@ -292,16 +309,8 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: PeerAddr) {
         None => {}
     }
     first.extend_from_slice(&early_data);
-    if !first.is_empty() && upstream.write_all(&first).await.is_err() {
-        ctx.metrics.refuse(Refusal::UpstreamUnreachable);
+    let Some(mut open) = hand_on(&ctx, &mut upstream, &first, early_data.len()).await else {
         return;
-    }
-    ctx.metrics.accept();
-    ctx.metrics.add_bytes(Direction::In, early_data.len() as u64);
-    ctx.metrics.opened();
-    let mut open = Open {
-        metrics: ctx.metrics.clone(),
-        how: Close::Drain,
     };
     tracing::debug!(listen = %ctx.cfg.listen, client = %ctx.app.privacy().show(&target), "connection proxied");
     open.how = relay(&ctx, client, upstream, client_addr, server_target).await;
@@ -836,16 +845,8 @@ async fn handle_outgoing(ctx: Arc<Ctx>, mut client: TcpStream, peer: PeerAddr, m
         return;
     };
     let _ = upstream.set_nodelay(true);
-    if upstream.write_all(&early).await.is_err() {
-        ctx.metrics.refuse(Refusal::UpstreamUnreachable);
+    let Some(mut open) = hand_on(&ctx, &mut upstream, &early, early.len()).await else {
         return;
-    }
-    ctx.metrics.accept();
-    ctx.metrics.add_bytes(Direction::In, early.len() as u64);
-    ctx.metrics.opened();
-    let mut open = Open {
-        metrics: ctx.metrics.clone(),
-        how: Close::Drain,
     };
     tracing::debug!(listen = %ctx.cfg.listen, from = %vhost, to = %dest, "outgoing stream relayed");
     // Bytes to the destination, per destination and globally; the burst
