@@ -119,12 +119,13 @@ pub fn classify(
     upgrade: bool,
 ) -> Route {
     let verb = Verb::of(method);
-    let normal = normalize(path);
+    // The normalised spelling, computed only when a raw match left it
+    // needed (a limited request usually matches as it is).
+    let normal = std::cell::OnceCell::new();
+    let normal = || normal.get_or_init(|| normalize(path)).as_deref();
     let mut route = rules
         .iter()
-        .find(|r| {
-            rule_matches(r, method, path) || normal.as_deref().is_some_and(|n| rule_matches(r, method, n))
-        })
+        .find(|r| rule_matches(r, method, path) || normal().is_some_and(|n| rule_matches(r, method, n)))
         .map(|r| {
             // Bytes of the answer for a download, of the request otherwise.
             let cost = match (r.bytes, r.action.as_str()) {
@@ -142,14 +143,11 @@ pub fn classify(
             route
         })
         .unwrap_or_else(|| match protocol {
-            HttpProtocol::Matrix => matrix(verb, path, normal.as_deref()),
-            HttpProtocol::Jmap => {
-                let r = jmap(verb, path, upgrade);
-                match normal.as_deref() {
-                    Some(n) if r.action.is_none() && !r.long_poll => jmap(verb, n, upgrade),
-                    _ => r,
-                }
-            }
+            HttpProtocol::Matrix => matrix(verb, path, normal),
+            HttpProtocol::Jmap => match jmap(verb, path, upgrade) {
+                r if r.action.is_some() || r.long_poll => r,
+                r => normal().map_or(r, |n| jmap(verb, n, upgrade)),
+            },
             HttpProtocol::Generic => Route::new(Side::Client, None),
         });
     route.matrix = protocol == HttpProtocol::Matrix;
@@ -337,16 +335,14 @@ fn lookup(api: Api, v: Verb, rest: &str) -> Option<Route> {
         .find_map(|i| api.table(v, &trimmed[i..]))
 }
 
-fn matrix(v: Verb, path: &str, normal: Option<&str>) -> Route {
-    let found = matrix_route(v, path);
-    match (found, normal) {
-        (Some(r), _) if r.action.is_some() => r,
+fn matrix<'a>(v: Verb, path: &str, normal: impl FnOnce() -> Option<&'a str>) -> Route {
+    match matrix_route(v, path) {
+        Some(r) if r.action.is_some() => r,
         // Failing closed: the normalised spelling's action, if it has one.
-        (found, Some(n)) => match matrix_route(v, n) {
+        found => match normal().and_then(|n| matrix_route(v, n)) {
             Some(r) if r.action.is_some() => r,
             _ => found.unwrap_or_else(|| Route::new(api_side(path), None)),
         },
-        (found, None) => found.unwrap_or_else(|| Route::new(api_side(path), None)),
     }
 }
 
